@@ -1,0 +1,93 @@
+"""Every tunable of the engine, in one typed place.
+
+`DetectorConfig` holds what changes scores and alerts. It can be set from a TOML
+file, from environment variables (`HIDDENSTATE_THRESHOLD=0.9999`) and from
+command-line flags, in that order of increasing precedence (see `load_config`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from detector.errors import ConfigError
+
+
+class DetectorConfig(BaseModel):
+    """Engine settings: normalisation, calibration, threshold, hysteresis, pool bounds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("gru-default", description="Shipped model name or path to a model directory.")
+    channels: int | None = Field(
+        None, ge=1, le=1024, description="Values per reading; None = taken from the first reading or file."
+    )
+
+    warmup: int = Field(60, ge=2, description="Readings per sensor before it may be flagged.")
+    norm_window: float = Field(
+        500.0, gt=1, description="Memory (readings) of the per-channel running mean/variance used to normalise."
+    )
+    short_window: float = Field(3.0, ge=1, description="Smoothing (readings) of the error before calibration.")
+    long_window: float = Field(
+        1000.0, gt=1, description="Memory (readings) of each sensor's own error distribution."
+    )
+    threshold: float = Field(
+        0.999, gt=0.5, lt=1.0, description="Calibrated score at or above which a reading is anomalous."
+    )
+    raise_k: int = Field(3, ge=1, description="Anomalous readings among the last raise_n that raise an alert.")
+    raise_n: int = Field(5, ge=1, le=32, description="Window (readings) for raise_k.")
+    clear_m: int = Field(10, ge=1, le=60000, description="Consecutive normal readings that clear an alert.")
+
+    max_gap: float = Field(
+        3600.0, gt=0, description="Seconds between readings after which a sensor's hidden state is reset."
+    )
+    idle_ttl: float | None = Field(
+        7 * 86400.0, gt=0, description="Event-time seconds after which an idle sensor is evicted; None = never."
+    )
+    capacity: int = Field(1_000_000, ge=1, description="Most sensors held at once; the least recently seen go first.")
+    initial_capacity: int = Field(1024, ge=1, description="Slots allocated up front; grows by doubling.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectorConfig:
+        if self.raise_k > self.raise_n:
+            raise ValueError(f"raise_k ({self.raise_k}) cannot exceed raise_n ({self.raise_n})")
+        return self
+
+
+class _EnvBase(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HIDDENSTATE_", extra="ignore")
+
+
+# The same fields as DetectorConfig, all optional, read from HIDDENSTATE_* variables.
+_EnvSettings = create_model(
+    "_EnvSettings",
+    __base__=_EnvBase,
+    **{name: (field.annotation | None, None) for name, field in DetectorConfig.model_fields.items()},
+)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> DetectorConfig:
+    """Build a DetectorConfig from a TOML file, then the environment, then `overrides` (flags).
+
+    The TOML file may hold the keys at top level or under a `[detector]` table.
+    Overrides whose value is None are ignored, so unset CLI flags do not mask the file.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        values.update(data.get("detector", {k: v for k, v in data.items() if not isinstance(v, dict)}))
+    values.update(_EnvSettings().model_dump(exclude_none=True))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return DetectorConfig(**values)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
