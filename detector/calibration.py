@@ -18,8 +18,16 @@ import torch
 SIGMA_FLOOR = 0.1
 """Smallest spread (in log-error units) of the error distribution; keeps perfectly regular sensors from scoring 1 on noise."""
 
+MIN_READINGS = 10
+"""Readings a sensor must have before its errors are scored at all: the normalisation of
+its first few readings is still settling, and their errors would distort the distribution."""
+
 _SETTLED = 10
 """Errors seen before winsorising the updates starts."""
+
+ERROR_FLOOR = 0.05
+"""Added to the smoothed error before the log: a forecast far better than its own stated
+uncertainty is not news, and without a floor such lucky readings would widen σ."""
 
 
 def standardised_error(x: np.ndarray, expected: np.ndarray, expected_std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +51,7 @@ def score(
     """
     first = seen == 0
     short = np.where(first, err, err_short + (err - err_short) / short_window).astype(np.float32)
-    g = np.log(short + 1e-9)
+    g = np.log(short + ERROR_FLOOR)
     sigma = np.maximum(np.sqrt(err_var), SIGMA_FLOOR)
     z = np.where(first, 0.0, (g - err_mean) / sigma).astype(np.float32)
     prob = torch.special.ndtr(torch.from_numpy(z)).numpy()

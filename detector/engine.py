@@ -166,7 +166,7 @@ class Engine:
             self.stats.gap_resets += int(gap.sum())
 
         # Score the reading against the forecast made at the previous one.
-        has_forecast = pool.since_reset[slots] > 0
+        has_forecast = (pool.since_reset[slots] > 0) & (count >= calibration.MIN_READINGS)
         expected = pool.expected[slots]
         z_res, err = calibration.standardised_error(x, expected, pool.expected_std[slots])
         score = np.zeros(rows.size, dtype=np.float32)
@@ -232,25 +232,40 @@ class Engine:
             anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m,
         )
         pool.flags[slots], pool.active[slots], pool.calm[slots], pool.peak[slots] = t.flags, t.active, t.calm, t.peak
+
+        # Remember the most surprising reading of the run of anomalies: that is the alert's reason.
+        abs_z = np.nan_to_num(np.abs(z_res), nan=0.0)
+        channel = abs_z.argmax(axis=1)
+        surprise = abs_z.max(axis=1)
+        pick = np.arange(rows.size)
+        worse = anomalous & (surprise > pool.cause_z[slots])
+        if worse.any():
+            ws = slots[worse]
+            pool.cause_z[ws] = surprise[worse]
+            pool.cause_channel[ws] = channel[worse]
+            pool.cause_expected[ws] = expected[pick[worse], channel[worse]]
+            pool.cause_seen[ws] = x[pick[worse], channel[worse]]
+
         for i in np.flatnonzero(t.raised | t.cleared).tolist():
             slot = int(slots[i])
-            channel = int(np.nanargmax(np.abs(z_res[i]))) if np.isfinite(z_res[i]).any() else 0
             if t.raised[i]:
                 pool.alert_start[slot] = ts[i]
                 event = AlertEvent(
                     AlertKind.RAISE, result.sensor_ids[rows[i]], float(ts[i]), float(ts[i]), float(score[i]),
-                    channel, float(expected[i, channel]), float(x[i, channel]),
+                    int(pool.cause_channel[slot]), float(pool.cause_expected[slot]), float(pool.cause_seen[slot]),
                     threshold_error=thresholds.error_threshold(float(err_mean[i]), float(err_var[i]), cfg.threshold),
                 )
                 self.stats.alerts_raised += 1
             else:
+                c = int(channel[i])
                 event = AlertEvent(
                     AlertKind.CLEAR, result.sensor_ids[rows[i]], float(ts[i]), float(pool.alert_start[slot]),
-                    float(score[i]), channel, float(expected[i, channel]), float(x[i, channel]),
-                    peak_score=float(pool.peak[slot]),
+                    float(score[i]), c, float(expected[i, c]), float(x[i, c]), peak_score=float(pool.peak[slot]),
                 )
                 self.stats.alerts_cleared += 1
             result.events.append(event)
+        quiet = (t.flags == 0) & ~t.active
+        pool.cause_z[slots[quiet]] = 0.0
 
     def _sweep_idle(self) -> None:
         ttl = self.config.idle_ttl

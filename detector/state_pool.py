@@ -37,6 +37,10 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "calm": (np.uint16, False),  # consecutive normal readings during an episode
     "peak": (np.float32, False),  # highest score of the open episode
     "alert_start": (np.float64, False),
+    "cause_z": (np.float32, False),  # the most surprising reading of the current anomaly run ...
+    "cause_channel": (np.int16, False),  # ... its channel,
+    "cause_expected": (np.float32, False),  # ... what was expected
+    "cause_seen": (np.float32, False),  # ... and what was seen: the reason given when the alert is raised
     "last_seen": (np.int64, False),  # batch tick, for least-recently-seen eviction
 }
 
