@@ -47,7 +47,8 @@ def score(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Score errors and return (score, new err_short, new err_mean, new err_var).
 
-    `seen` is how many errors each sensor scored before this one (0 = first).
+    `seen` is how many errors each sensor scored before this one (0 = first). The score is 0
+    for a sensor's first `_SETTLED` errors, while its error distribution is still unknown.
     """
     first = seen == 0
     short = np.where(first, err, err_short + (err - err_short) / short_window).astype(np.float32)
@@ -62,4 +63,5 @@ def score(
     diff = g_learn - err_mean
     new_mean = np.where(first, g, err_mean + alpha * diff).astype(np.float32)
     new_var = np.where(first, 0.0, (1.0 - alpha) * (err_var + alpha * diff * diff)).astype(np.float32)
-    return np.where(first, 0.0, prob).astype(np.float32), short, new_mean, new_var
+    # Until a sensor has a few errors its spread is unknown: report 0 rather than a meaningless tail.
+    return np.where(seen < _SETTLED, 0.0, prob).astype(np.float32), short, new_mean, new_var

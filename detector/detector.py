@@ -91,14 +91,20 @@ class Detector:
         ids, ts, rows, status = to_arrays(sensor_ids, timestamps, values, self._engine.channels)
         return self._engine.step(ids, ts, rows, status)
 
-    def score_arrays(self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray) -> StepResult:
-        """Score a batch already in arrays (ts [B] seconds, values [B, C]): the fast path."""
+    def score_arrays(
+        self, sensor_ids: Sequence[str], ts: np.ndarray, values: np.ndarray, status: np.ndarray | None = None
+    ) -> StepResult:
+        """Score a batch already in arrays (ts [B] seconds, values [B, C]): the fast path.
+
+        status: optional per-row RejectReason codes found while decoding (0 = fine); those rows are
+        passed through as rejected with that reason.
+        """
         values = np.asarray(values, dtype=np.float64)
         if values.ndim == 1:
             values = values[:, None]
         if self._engine is None:
             self._engine = Engine(self.model.network, self.config, values.shape[1])
-        return self._engine.step(sensor_ids, ts, values)
+        return self._engine.step(sensor_ids, ts, values, status)
 
     def forget(self, sensor_ids: Sequence[str]) -> int:
         """Drop the state of these sensors; returns how many were held."""

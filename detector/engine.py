@@ -102,8 +102,8 @@ class Engine:
             sensor_ids=list(sensor_ids),
             ts=ts,
             status=status,
-            expected=np.full((n, self.channels), np.nan, dtype=np.float32),
-            residual=np.full((n, self.channels), np.nan, dtype=np.float32),
+            expected=np.full((n, self.channels), np.nan),
+            residual=np.full((n, self.channels), np.nan),
             score=np.zeros(n, dtype=np.float32),
             anomalous=np.zeros(n, dtype=bool),
             alerting=np.zeros(n, dtype=bool),
@@ -161,14 +161,18 @@ class Engine:
             reset = slots[gap]
             pool.hidden[reset] = 0.0
             pool.since_reset[reset] = 0
-            pool.expected[reset] = np.nan
-            pool.expected_std[reset] = np.nan
+            pool.forecast[reset] = np.nan
+            pool.forecast_logvar[reset] = np.nan
             self.stats.gap_resets += int(gap.sum())
 
         # Score the reading against the forecast made at the previous one.
         has_forecast = (pool.since_reset[slots] > 0) & (count >= calibration.MIN_READINGS)
-        expected = pool.expected[slots]
-        z_res, err = calibration.standardised_error(x, expected, pool.expected_std[slots])
+        # The forecast was made in the frame of the statistics as they are now (updated at the previous reading).
+        norm_mean, norm_var = pool.norm_mean[slots], pool.norm_var[slots]
+        std_before = normalise.scale(norm_mean, norm_var)
+        expected = norm_mean + std_before * pool.forecast[slots]
+        expected_std = std_before * np.exp(0.5 * pool.forecast_logvar[slots])
+        z_res, err = calibration.standardised_error(x, expected, expected_std)
         score = np.zeros(rows.size, dtype=np.float32)
         anomalous = np.zeros(rows.size, dtype=bool)
         if has_forecast.any():
@@ -187,7 +191,7 @@ class Engine:
 
         # Normalise, step the network and keep its forecast of the next reading.
         z, tfeat, mean, var, dt_mean = normalise.observe(
-            pool.norm_mean[slots], pool.norm_var[slots], pool.dt_mean[slots], count, x, dt, cfg.norm_window, gap
+            norm_mean, norm_var, pool.dt_mean[slots], count, x, dt, cfg.norm_window, gap
         )
         features = np.empty((rows.size, self.channels, 2), dtype=np.float32)
         features[:, :, 0] = z
@@ -195,10 +199,9 @@ class Engine:
         started = time.perf_counter()
         pred, logvar, hidden = self.network.step(torch.from_numpy(features), torch.from_numpy(pool.hidden[slots]))
         self.stats.network_seconds += time.perf_counter() - started
-        std = normalise.scale(mean, var)
         pool.hidden[slots] = hidden.numpy()
-        pool.expected[slots] = mean + std * pred.numpy()
-        pool.expected_std[slots] = std * np.exp(0.5 * logvar.numpy())
+        pool.forecast[slots] = pred.numpy()
+        pool.forecast_logvar[slots] = logvar.numpy()
         pool.norm_mean[slots], pool.norm_var[slots], pool.dt_mean[slots] = mean, var, dt_mean
         pool.count[slots] = count + 1
         pool.since_reset[slots] += 1

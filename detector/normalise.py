@@ -22,7 +22,7 @@ DT_CLIP = 3.0
 
 def scale(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """Standard deviation used to normalise, floored so constant channels do not divide by zero."""
-    floor = np.maximum(np.abs(mean) * 1e-4, 1e-12)
+    floor = np.maximum(np.abs(mean) * 1e-9, 1e-12)
     return np.maximum(np.sqrt(var), floor).astype(np.float32)
 
 

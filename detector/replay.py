@@ -1,10 +1,446 @@
-"""`hiddenstate replay`: being written."""
+"""`hiddenstate replay`: score CSV or JSON-lines files with the streaming engine.
+
+    hiddenstate replay pump7.csv --plot pump7.png
+
+Every file goes through ONE `Detector`, the same engine the service runs, in
+micro-batches of `--batch` rows: what replay says about a file is what the
+service would have said had the readings arrived in that order. The rows of a
+file are fed in timestamp order (a stable sort, so a sorted file goes in file
+order), one file after the other; a sensor seen in several files keeps its state.
+
+Writes a scores CSV (one row per reading, rejected ones included with the
+reason), the alert events as JSON lines, optionally a plot, and prints a summary.
+`replay_files` does the work without the CLI, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
 import argparse
+import csv
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from detector.alerts import AlertEvent, AlertKind
+from detector.config import DetectorConfig
+from detector.detector import Detector
+from detector.engine import EngineStats
+from detector.errors import HiddenstateError, InputFileError
+from detector.readers import Readings, file_stem, read_readings
+from detector.validation import SCORED, RejectReason
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One alert episode: its raise and, if it closed before the end of the data, its clear."""
+
+    sensor_id: str
+    start: float
+    end: float | None  # None: still open at the end of the replay
+    channel_name: str
+    expected: float
+    seen: float
+    score: float  # at the raise
+    peak_score: float
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+
+@dataclass
+class ReplayResult:
+    """Everything a replay produced, row i for the i-th reading scored (files concatenated, each sorted by time).
+
+    status: 0 if scored, else a RejectReason value; expected: the forecast (NaN if none);
+    labels: ground-truth columns of the files (NaN where a file had none);
+    skipped: (file, line, reason) of rows that never reached the engine.
+    """
+
+    sources: list[str]
+    channel_names: list[str]
+    sensor_ids: list[str]
+    ts: np.ndarray
+    values: np.ndarray
+    status: np.ndarray
+    score: np.ndarray
+    anomalous: np.ndarray
+    alerting: np.ndarray
+    expected: np.ndarray
+    events: list[AlertEvent]
+    stats: EngineStats
+    model_id: str
+    config: DetectorConfig
+    seconds: float
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: list[tuple[str, int, str]] = field(default_factory=list)
+    reordered: int = 0
+
+    def __len__(self) -> int:
+        return len(self.sensor_ids)
+
+    @property
+    def scored(self) -> int:
+        return int(np.count_nonzero(self.status == SCORED))
+
+    def rejected(self) -> dict[RejectReason, int]:
+        """Rows rejected by the engine, per reason (only reasons that occurred)."""
+        codes, counts = np.unique(self.status[self.status != SCORED], return_counts=True)
+        return {RejectReason(int(c)): int(n) for c, n in zip(codes.tolist(), counts.tolist())}
+
+    def sensors(self) -> list[str]:
+        """Sensor ids in order of first appearance."""
+        return list(dict.fromkeys(self.sensor_ids))
+
+    def rows_of(self, sensor_id: str) -> np.ndarray:
+        """Row indices of one sensor, in scoring order."""
+        return np.flatnonzero(np.asarray(self.sensor_ids, dtype=object) == sensor_id)
+
+    def episodes(self) -> list[Episode]:
+        """Alert episodes from the events; episodes still open at the end get end None and their peak so far."""
+        opened: dict[str, AlertEvent] = {}
+        out: list[Episode] = []
+        for event in self.events:
+            if event.kind is AlertKind.RAISE:
+                opened[event.alert_id] = event
+                continue
+            raised = opened.pop(event.alert_id, None)
+            start = raised or event
+            out.append(Episode(event.sensor_id, event.started, event.ts, _channel(start), start.expected,
+                               start.seen, start.score, event.peak_score))
+        ids = np.asarray(self.sensor_ids, dtype=object)
+        for event in opened.values():
+            rows = (ids == event.sensor_id) & (self.ts >= event.started) & (self.status == SCORED)
+            peak = float(self.score[rows].max()) if rows.any() else event.score
+            out.append(Episode(event.sensor_id, event.started, None, _channel(event), event.expected, event.seen,
+                               event.score, peak))
+        return sorted(out, key=lambda e: (e.sensor_id, e.start))
+
+
+def _channel(event: AlertEvent) -> str:
+    return event.channel_name if event.channel_name is not None else str(event.channel)
+
+
+def replay_files(
+    paths: Sequence[str | Path],
+    config: DetectorConfig | None = None,
+    batch: int = 1024,
+    time_column: str | None = None,
+    sensor_column: str | None = None,
+    value_columns: Sequence[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    detector: Detector | None = None,
+) -> ReplayResult:
+    """Read `paths` and score them with one Detector, in micro-batches of `batch` rows.
+
+    progress(done, total) is called after each batch. A `detector` may be passed
+    to continue from its state (its config then wins over `config`).
+    """
+    if batch < 1:
+        raise InputFileError(f"--batch must be at least 1, not {batch}")
+    if not paths:
+        raise InputFileError("give at least one file to replay")
+    files = [read_readings(p, time_column, sensor_column, value_columns) for p in paths]
+    _check_channels(files, (detector.config if detector else config or DetectorConfig()).channels)
+    det = detector or Detector(config=config)
+    channels = files[0].channels
+
+    reordered = 0
+    for i, readings in enumerate(files):
+        order = np.argsort(readings.ts, kind="stable")
+        if np.any(order != np.arange(order.size)):
+            reordered += int(np.count_nonzero(order != np.arange(order.size)))
+            files[i] = readings.take(order)
+
+    total = sum(len(f) for f in files)
+    status = np.zeros(total, dtype=np.int8)
+    score = np.zeros(total, dtype=np.float32)
+    anomalous = np.zeros(total, dtype=bool)
+    alerting = np.zeros(total, dtype=bool)
+    expected = np.full((total, channels), np.nan, dtype=np.float32)
+    names = files[0].channel_names
+    events: list[AlertEvent] = []
+    started = time.perf_counter()
+    offset = 0
+    for readings in files:
+        for start in range(0, len(readings), batch):
+            stop = min(start + batch, len(readings))
+            out = det.score_arrays(
+                readings.sensor_ids[start:stop], readings.ts[start:stop], readings.values[start:stop]
+            )
+            rows = slice(offset + start, offset + stop)
+            status[rows], score[rows], anomalous[rows] = out.status, out.score, out.anomalous
+            alerting[rows], expected[rows] = out.alerting, out.expected
+            events.extend(dataclasses.replace(e, channel_name=names[e.channel]) for e in out.events)
+            if progress is not None:
+                progress(offset + stop, total)
+        offset += len(readings)
+    seconds = time.perf_counter() - started
+
+    label_names = list(dict.fromkeys(name for f in files for name in f.labels))
+    labels = {
+        name: np.concatenate([f.labels.get(name, np.full(len(f), np.nan)) for f in files]) for name in label_names
+    }
+    return ReplayResult(
+        sources=[f.source for f in files],
+        channel_names=list(names),
+        sensor_ids=[s for f in files for s in f.sensor_ids],
+        ts=np.concatenate([f.ts for f in files]),
+        values=np.concatenate([f.values for f in files]),
+        status=status,
+        score=score,
+        anomalous=anomalous,
+        alerting=alerting,
+        expected=expected,
+        events=events,
+        stats=det.stats,
+        model_id=det.model.model_id,
+        config=det.config,
+        seconds=seconds,
+        labels=labels,
+        skipped=[(f.source, line, reason) for f in files for line, reason in f.skipped],
+        reordered=reordered,
+    )
+
+
+def _check_channels(files: list[Readings], configured: int | None) -> None:
+    """One engine needs one channel layout: every file must have the same value columns."""
+    first = files[0]
+    if configured is not None and configured != first.channels:
+        raise InputFileError(
+            f"{first.source} has {first.channels} value columns but the configuration says channels={configured}; "
+            "pick columns with --columns or change the setting"
+        )
+    for other in files[1:]:
+        if other.channel_names != first.channel_names:
+            raise InputFileError(
+                f"{other.source} has value columns {other.channel_names}, {first.source} has {first.channel_names}; "
+                "files replayed together need the same ones: pick them with --columns"
+            )
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def iso_times(ts: np.ndarray) -> np.ndarray:
+    """ISO 8601 UTC strings ('Z') for epoch seconds, with the finest unit the data needs (s, ms or µs)."""
+    micros = np.round(ts * 1e6)
+    finite = np.isfinite(micros)
+    unit = "s"
+    if np.any(micros[finite] % 1_000_000):
+        unit = "ms" if not np.any(micros[finite] % 1_000) else "us"
+    stamps = np.where(finite, micros, 0).astype(np.int64).astype("datetime64[us]")
+    out = np.datetime_as_string(stamps, unit=unit, timezone="UTC")
+    out[~finite] = ""
+    return out
+
+
+def write_scores(result: ReplayResult, path: Path) -> None:
+    """The scores CSV: ts, sensor_id, score, anomalous, alerting, status, then value_<ch> and expected_<ch>."""
+    labels = {SCORED: "scored", **{r.value: r.label for r in RejectReason}}
+    header = ["ts", "sensor_id", "score", "anomalous", "alerting", "status"]
+    header += [f"value_{c}" for c in result.channel_names] + [f"expected_{c}" for c in result.channel_names]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        step = 65_536
+        for start in range(0, len(result), step):
+            rows = slice(start, start + step)
+            columns: list[list[str]] = [
+                iso_times(result.ts[rows]).tolist(),
+                result.sensor_ids[rows],
+                [f"{s:.6f}" for s in result.score[rows].tolist()],
+                result.anomalous[rows].astype(np.int8).tolist(),
+                result.alerting[rows].astype(np.int8).tolist(),
+                [labels[s] for s in result.status[rows].tolist()],
+            ]
+            columns += [[_fmt(v, repr) for v in col] for col in result.values[rows].T.tolist()]
+            columns += [[_fmt(v, "{:.7g}".format) for v in col] for col in result.expected[rows].T.tolist()]
+            writer.writerows(zip(*columns))
+
+
+def _fmt(value: float, how: Callable[[float], str]) -> str:
+    return "" if value != value else how(value)  # NaN (no value, no forecast) is an empty cell
+
+
+def write_alerts(result: ReplayResult, path: Path) -> None:
+    """Alert events as JSON lines of AlertEvent.as_dict(), channel named."""
+    with open(path, "wb") as handle:
+        for event in result.events:
+            handle.write(orjson.dumps(event.as_dict()) + b"\n")
+
+
+def print_summary(result: ReplayResult, outputs: list[tuple[str, Path]], console: object | None = None) -> None:
+    """Totals, alerts per sensor and the top alerts, as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = console if isinstance(console, Console) else Console()
+    if not isinstance(console, Console) and not con.is_terminal:
+        con = Console(width=120)  # a log file or pipe: no need to squeeze the tables into 80 columns
+    episodes = result.episodes()
+    rejected = result.rejected()
+
+    totals = Table.grid(padding=(0, 2))
+    totals.add_column(style="bold")
+    totals.add_column()
+    totals.add_row("model", result.model_id)
+    totals.add_row("files", ", ".join(result.sources))
+    rate = len(result) / result.seconds if result.seconds > 0 else float("inf")
+    totals.add_row("readings", f"{len(result):,} in {result.seconds:.2f} s ({rate:,.0f}/s)")
+    totals.add_row("scored", f"{result.scored:,}")
+    totals.add_row(
+        "rejected", ", ".join(f"{r.label} {n:,}" for r, n in rejected.items()) if rejected else "none"
+    )
+    if result.skipped:
+        first = result.skipped[0]
+        example = f"e.g. {first[0]} line {first[1]}: {first[2]}"
+        totals.add_row("left out", f"{len(result.skipped):,} rows: bad timestamp or malformed ({example})")
+    if result.reordered:
+        totals.add_row("reordered", f"{result.reordered:,} rows were not in time order in their file and were sorted")
+    totals.add_row("anomalous", f"{int(result.anomalous.sum()):,} readings (threshold {result.config.threshold})")
+    open_now = sum(e.end is None for e in episodes)
+    totals.add_row(
+        "alerts",
+        f"{result.stats.alerts_raised} raised, {result.stats.alerts_cleared} cleared, {open_now} open at the end",
+    )
+    for name, path in outputs:
+        totals.add_row(name, str(path))
+    con.print(totals)
+
+    ids = np.asarray(result.sensor_ids, dtype=object)
+    per_sensor = Table(title="Alerts per sensor", title_justify="left")
+    for column in ("sensor", "readings", "scored", "anomalous", "raised", "cleared", "max score*"):
+        per_sensor.add_column(column, justify="left" if column == "sensor" else "right", no_wrap=True)
+    per_sensor.caption = "* after the sensor's warm-up"
+    raised: dict[str, int] = {}
+    cleared: dict[str, int] = {}
+    for event in result.events:
+        counter = raised if event.kind is AlertKind.RAISE else cleared
+        counter[event.sensor_id] = counter.get(event.sensor_id, 0) + 1
+    sensors = sorted(result.sensors(), key=lambda s: -raised.get(s, 0))  # stable: ties keep first appearance
+    for sensor in sensors[:20]:
+        rows = ids == sensor
+        ok = rows & (result.status == SCORED)
+        warm = result.score[np.flatnonzero(ok)[result.config.warmup:]]  # early scores mean little: not flagged
+        per_sensor.add_row(
+            sensor, f"{int(rows.sum()):,}", f"{int(ok.sum()):,}", f"{int(result.anomalous[rows].sum()):,}",
+            str(raised.get(sensor, 0)), str(cleared.get(sensor, 0)), f"{float(warm.max()):.4f}" if warm.size else "-",
+        )
+    if len(sensors) > 20:
+        per_sensor.caption += f"; {len(sensors) - 20} more sensors not shown"
+    con.print(per_sensor)
+
+    if episodes:
+        top = Table(title="Top alerts (by peak score)", title_justify="left")
+        top.add_column("sensor", no_wrap=True)
+        top.add_column("started (UTC)", no_wrap=True)
+        top.add_column("duration", justify="right", no_wrap=True)
+        top.add_column("channel", min_width=8, overflow="fold")
+        for column in ("expected", "seen", "peak score"):
+            top.add_column(column, justify="right", no_wrap=True)
+        ranked = sorted(episodes, key=lambda e: -e.peak_score)[:10]
+        starts = iso_times(np.array([e.start for e in ranked]))
+        for episode, start in zip(ranked, starts.tolist()):
+            top.add_row(
+                episode.sensor_id, start.replace("T", " ").rstrip("Z"),
+                "open" if episode.duration is None else _duration(episode.duration),
+                episode.channel_name, f"{episode.expected:.4g}", f"{episode.seen:.4g}", f"{episode.peak_score:.4f}",
+            )
+        if len(episodes) > 10:
+            top.caption = f"{len(episodes) - 10} more in the alerts file"
+        con.print(top)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ----------------------------------------------------------------------------- CLI
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    from detector.cli import add_detector_arguments
+
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="CSV or JSON-lines files (.gz allowed)")
+    parser.add_argument("--out", type=Path, help="scores CSV to write (default: <first file stem>.scores.csv)")
+    parser.add_argument(
+        "--alerts", type=Path, help="alert events, JSON lines (default: <first file stem>.alerts.jsonl)"
+    )
+    parser.add_argument("--plot", type=Path, help="also draw values, forecasts, scores and alerts into this PNG")
+    parser.add_argument("--time-column", help="timestamp column or key (default: detected)")
+    parser.add_argument("--sensor-column", help="sensor id column or key (default: sensor_id if present, else one "
+                                                "sensor per file named after it)")
+    parser.add_argument("--columns", help="value columns, comma-separated (default: every numeric column but labels)")
+    parser.add_argument("--batch", type=int, default=1024, help="rows per engine micro-batch (default 1024)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_detector_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    from detector.cli import config_from_args
+
+    config = config_from_args(args)
+    stem = file_stem(args.files[0])
+    out: Path = args.out or Path.cwd() / f"{stem}.scores.csv"
+    alerts_path: Path = args.alerts or Path.cwd() / f"{stem}.alerts.jsonl"
+    inputs = {p.resolve() for p in args.files if p.exists()}
+    for target in (out, alerts_path, args.plot):  # checked before scoring, which may take a while
+        if target is None:
+            continue
+        if target.resolve() in inputs:
+            raise InputFileError(f"{target} is one of the input files; choose another output path")
+        if not target.resolve().parent.is_dir():
+            raise HiddenstateError(f"cannot write {target}: the directory {target.parent} does not exist")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+
+    show = not args.no_progress and sys.stderr.isatty()
+    result = _replay_with_progress(args, config, columns, show)
+
+    outputs = [("scores", out), ("alerts file", alerts_path)]
+    try:
+        write_scores(result, out)
+        write_alerts(result, alerts_path)
+        if args.plot is not None:
+            from detector.plotting import plot_replay
+
+            plot_replay(result, args.plot)
+            outputs.append(("plot", args.plot))
+    except OSError as exc:
+        raise HiddenstateError(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}") from None
+    print_summary(result, outputs)
+    return 0
+
+
+def _replay_with_progress(
+    args: argparse.Namespace, config: DetectorConfig, columns: list[str] | None, show: bool
+) -> ReplayResult:
+    """replay_files with the CLI's options, under a rich progress bar on stderr when `show`."""
+
+    def replay(progress: Callable[[int, int], None] | None) -> ReplayResult:
+        return replay_files(
+            args.files, config, batch=args.batch, time_column=args.time_column, sensor_column=args.sensor_column,
+            value_columns=columns, progress=progress,
+        )
+
+    if not show:
+        return replay(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task("scoring", total=None)
+        return replay(lambda done, total: bar.update(task, completed=done, total=total))

@@ -22,8 +22,8 @@ import numpy as np
 _FIELDS: dict[str, tuple[type, bool]] = {
     "norm_mean": (np.float64, True),  # float64: a 1e6 offset must not swamp 1e-3 changes
     "norm_var": (np.float32, True),
-    "expected": (np.float32, True),  # forecast of the next reading, in the sensor's units
-    "expected_std": (np.float32, True),
+    "forecast": (np.float32, True),  # next reading as forecast, in units of the current normalisation
+    "forecast_logvar": (np.float32, True),  # and its log-variance
     "count": (np.int32, False),  # readings accepted since the sensor appeared
     "since_reset": (np.int32, False),  # readings since the hidden state was last reset
     "last_ts": (np.float64, False),
@@ -39,8 +39,8 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "alert_start": (np.float64, False),
     "cause_z": (np.float32, False),  # the most surprising reading of the current anomaly run ...
     "cause_channel": (np.int16, False),  # ... its channel,
-    "cause_expected": (np.float32, False),  # ... what was expected
-    "cause_seen": (np.float32, False),  # ... and what was seen: the reason given when the alert is raised
+    "cause_expected": (np.float64, False),  # ... what was expected
+    "cause_seen": (np.float64, False),  # ... and what was seen: the reason given when the alert is raised
     "last_seen": (np.int64, False),  # batch tick, for least-recently-seen eviction
 }
 
@@ -191,8 +191,8 @@ class StatePool:
         self.hidden[slot] = 0.0
         for name in _FIELDS:
             getattr(self, name)[slot] = 0
-        self.expected[slot] = np.nan
-        self.expected_std[slot] = np.nan
+        self.forecast[slot] = np.nan
+        self.forecast_logvar[slot] = np.nan
 
 
 def _resized(old: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:

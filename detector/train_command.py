@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-column", help="timestamp column (default: detected)")
-    parser.add_argument("--sensor-column", help="sensor id column (default: none, one sensor per file)")
+    parser.add_argument("--sensor-column", help="sensor id column (default: a column named sensor_id, else one sensor per file)")
 
 
 def run(args: argparse.Namespace) -> int:

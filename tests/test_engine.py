@@ -104,7 +104,7 @@ def test_bad_input_is_rejected_with_reason_and_leaves_state_untouched(small_mode
         det.score_one("s", float(t), float(np.sin(t)))
     pool = det.engine.pool
     slot = pool.slot_of("s")
-    before = {name: getattr(pool, name)[slot].copy() for name in ("hidden", "norm_mean", "norm_var", "count", "last_ts", "expected")}
+    before = {name: getattr(pool, name)[slot].copy() for name in ("hidden", "norm_mean", "norm_var", "count", "last_ts", "forecast")}
     out = det.score_one("s", ts, values)
     assert out.rejected is reason
     assert out.score == 0.0 and not out.is_anomaly
@@ -194,3 +194,13 @@ def test_channels_inferred_from_first_reading(small_model):
     assert det.score_one("a", 1.0, [1.0, 2.0, 3.0]).rejected is None
     assert det.engine.channels == 3
     assert det.score_one("a", 2.0, [1.0]).rejected is RejectReason.WRONG_CHANNELS
+
+
+def test_a_large_offset_does_not_cost_precision(small_model):
+    values = 0.01 * noisy_sine(300, seed=2)
+
+    def residuals(offset: float) -> np.ndarray:
+        det = Detector(small_model, config=CONFIG, channels=1)
+        return det.score_arrays(["s"] * 300, np.arange(300.0), values + offset).residual[50:, 0]
+
+    np.testing.assert_allclose(residuals(1e6), residuals(0.0), atol=1e-6)
