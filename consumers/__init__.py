@@ -1,1 +1,1 @@
-"""The Kafka service around the engine (see `hiddenstate serve`, coming with the Kafka issue)."""
+"""The Kafka service around the engine (`hiddenstate serve`): config, decoding, the scoring service; see docs/service.md."""

@@ -32,6 +32,7 @@ class AlertEvent:
     channel: int
     expected: float
     seen: float
+    cause: str = "forecast"  # "forecast": far from the forecast; "stuck": the channel repeats one value
     threshold_error: float = float("nan")
     peak_score: float = float("nan")
     channel_name: str | None = field(default=None, compare=False)
@@ -54,6 +55,7 @@ class AlertEvent:
             "seen": self.seen,
         }
         if self.kind is AlertKind.RAISE:
+            out["cause"] = self.cause
             out["threshold_error"] = self.threshold_error
         else:
             out["peak_score"] = self.peak_score

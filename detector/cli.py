@@ -1,4 +1,4 @@
-"""The `hiddenstate` command: replay, demo, train, models.
+"""The `hiddenstate` command: replay, demo, serve, train, models.
 
 Each command lives in its own module exposing `add_arguments(parser)` and
 `run(args) -> int`; this module only wires them and the options they share.
@@ -17,6 +17,7 @@ from detector.errors import HiddenstateError
 COMMANDS = {
     "replay": ("detector.replay", "score CSV or JSON-lines files with the streaming engine"),
     "demo": ("detector.demo", "score a simulated fleet live, with injected anomalies"),
+    "serve": ("detector.serve_command", "consume readings from Kafka, produce scores, alerts and dead letters"),
     "train": ("detector.train_command", "fit a model on history with truncated BPTT"),
     "models": ("detector.cli", "list the shipped models"),
 }

@@ -31,16 +31,19 @@ class DetectorConfig(BaseModel):
     norm_window: float = Field(
         500.0, gt=1, description="Memory (readings) of the per-channel running mean/variance used to normalise."
     )
-    short_window: float = Field(3.0, ge=1, description="Smoothing (readings) of the error before calibration.")
+    short_window: float = Field(8.0, ge=1, description="Smoothing (readings) of the error before calibration.")
     long_window: float = Field(
         1000.0, gt=1, description="Memory (readings) of each sensor's own error distribution."
     )
     threshold: float = Field(
         0.999, gt=0.5, lt=1.0, description="Calibrated score at or above which a reading is anomalous."
     )
-    raise_k: int = Field(3, ge=1, description="Anomalous readings among the last raise_n that raise an alert.")
+    raise_k: int = Field(4, ge=1, description="Anomalous readings among the last raise_n that raise an alert.")
     raise_n: int = Field(5, ge=1, le=32, description="Window (readings) for raise_k.")
     clear_m: int = Field(10, ge=1, le=60000, description="Consecutive normal readings that clear an alert.")
+    stuck_after: int = Field(
+        10, ge=2, le=60000, description="Shortest run of identical readings on a channel that can score as stuck."
+    )
 
     max_gap: float = Field(
         3600.0, gt=0, description="Seconds between readings after which a sensor's hidden state is reset."

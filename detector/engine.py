@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from detector import alerts, calibration, normalise, thresholds
+from detector import alerts, calibration, flatline, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.networks import GRUForecaster
@@ -173,6 +173,10 @@ class Engine:
         expected = norm_mean + std_before * pool.forecast[slots]
         expected_std = std_before * np.exp(0.5 * pool.forecast_logvar[slots])
         z_res, err = calibration.standardised_error(x, expected, expected_std)
+        repeats, run_mean, stuck_score, stuck_channel = flatline.update(
+            pool.last_value[slots], pool.repeats[slots], pool.run_mean[slots], x, seen, cfg.stuck_after
+        )
+        pool.last_value[slots], pool.repeats[slots], pool.run_mean[slots] = x, repeats, run_mean
         score = np.zeros(rows.size, dtype=np.float32)
         anomalous = np.zeros(rows.size, dtype=bool)
         if has_forecast.any():
@@ -184,9 +188,14 @@ class Engine:
             err_mean_before, err_var_before = pool.err_mean[fs], pool.err_var[fs]
             pool.err_short[fs], pool.err_mean[fs], pool.err_var[fs] = short, mean, var
             pool.scored[fs] += 1
+            stuck = stuck_score[f] > s
+            s = np.maximum(s, stuck_score[f])
             score[f] = s
             anomalous[f] = thresholds.is_anomalous(s, count[f] + 1, cfg.warmup, cfg.threshold)
-            self._advance_alerts(result, rows[f], fs, ts[f], x[f], expected[f], z_res[f], s, anomalous[f],
+            # A stuck channel is the reason whenever the run, not the forecast error, made the score.
+            surprise = np.nan_to_num(np.abs(z_res[f]), nan=0.0)
+            surprise[stuck, stuck_channel[f][stuck]] = np.inf
+            self._advance_alerts(result, rows[f], fs, ts[f], x[f], expected[f], surprise, s, anomalous[f],
                                  err_mean_before, err_var_before)
 
         # Normalise, step the network and keep its forecast of the next reading.
@@ -223,7 +232,7 @@ class Engine:
         ts: np.ndarray,
         x: np.ndarray,
         expected: np.ndarray,
-        z_res: np.ndarray,
+        surprise: np.ndarray,
         score: np.ndarray,
         anomalous: np.ndarray,
         err_mean: np.ndarray,
@@ -237,14 +246,13 @@ class Engine:
         pool.flags[slots], pool.active[slots], pool.calm[slots], pool.peak[slots] = t.flags, t.active, t.calm, t.peak
 
         # Remember the most surprising reading of the run of anomalies: that is the alert's reason.
-        abs_z = np.nan_to_num(np.abs(z_res), nan=0.0)
-        channel = abs_z.argmax(axis=1)
-        surprise = abs_z.max(axis=1)
+        channel = surprise.argmax(axis=1)
+        worst = surprise.max(axis=1)
         pick = np.arange(rows.size)
-        worse = anomalous & (surprise > pool.cause_z[slots])
+        worse = anomalous & (worst > pool.cause_z[slots])
         if worse.any():
             ws = slots[worse]
-            pool.cause_z[ws] = surprise[worse]
+            pool.cause_z[ws] = worst[worse]
             pool.cause_channel[ws] = channel[worse]
             pool.cause_expected[ws] = expected[pick[worse], channel[worse]]
             pool.cause_seen[ws] = x[pick[worse], channel[worse]]
@@ -256,6 +264,7 @@ class Engine:
                 event = AlertEvent(
                     AlertKind.RAISE, result.sensor_ids[rows[i]], float(ts[i]), float(ts[i]), float(score[i]),
                     int(pool.cause_channel[slot]), float(pool.cause_expected[slot]), float(pool.cause_seen[slot]),
+                    cause="stuck" if np.isinf(pool.cause_z[slot]) else "forecast",
                     threshold_error=thresholds.error_threshold(float(err_mean[i]), float(err_var[i]), cfg.threshold),
                 )
                 self.stats.alerts_raised += 1

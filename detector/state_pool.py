@@ -24,6 +24,9 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "norm_var": (np.float32, True),
     "forecast": (np.float32, True),  # next reading as forecast, in units of the current normalisation
     "forecast_logvar": (np.float32, True),  # and its log-variance
+    "last_value": (np.float64, True),  # the previous reading, to see repeats
+    "repeats": (np.uint16, True),  # length of the current run of identical readings
+    "run_mean": (np.float32, True),  # usual length of such runs
     "count": (np.int32, False),  # readings accepted since the sensor appeared
     "since_reset": (np.int32, False),  # readings since the hidden state was last reset
     "last_ts": (np.float64, False),
@@ -37,7 +40,7 @@ _FIELDS: dict[str, tuple[type, bool]] = {
     "calm": (np.uint16, False),  # consecutive normal readings during an episode
     "peak": (np.float32, False),  # highest score of the open episode
     "alert_start": (np.float64, False),
-    "cause_z": (np.float32, False),  # the most surprising reading of the current anomaly run ...
+    "cause_z": (np.float32, False),  # the most surprising reading of the current anomaly run (inf: stuck) ...
     "cause_channel": (np.int16, False),  # ... its channel,
     "cause_expected": (np.float64, False),  # ... what was expected
     "cause_seen": (np.float64, False),  # ... and what was seen: the reason given when the alert is raised

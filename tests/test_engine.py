@@ -204,3 +204,23 @@ def test_a_large_offset_does_not_cost_precision(small_model):
         return det.score_arrays(["s"] * 300, np.arange(300.0), values + offset).residual[50:, 0]
 
     np.testing.assert_allclose(residuals(1e6), residuals(0.0), atol=1e-6)
+
+
+def test_a_stuck_sensor_raises_an_alert_naming_the_stuck_channel(small_model):
+    values = noisy_sine(500, channels=2, seed=6)
+    values[300:360, 0] = values[299, 0]
+    det = Detector(small_model, config=DetectorConfig(warmup=50, stuck_after=10), channels=2)
+    r = det.score_arrays(["s"] * 500, np.arange(500.0), values)
+    raises = [e for e in r.events if e.kind is AlertKind.RAISE and 300 <= e.ts < 330]
+    assert len(raises) == 1
+    assert raises[0].cause == "stuck" and raises[0].channel == 0 and raises[0].seen == values[299, 0]
+    assert r.score[312:360].min() > 0.999
+
+
+def test_a_quantised_channel_that_often_repeats_is_not_stuck(small_model):
+    rng = np.random.default_rng(0)
+    runs = np.repeat(rng.integers(30, 34, 200).astype(float), rng.integers(5, 25, 200))[:2000]
+    det = Detector(small_model, config=DetectorConfig(warmup=50, stuck_after=10), channels=1)
+    r = det.score_arrays(["flow"] * runs.size, np.arange(float(runs.size)), runs[:, None])
+    # Once it has seen a few dozen runs (here ~400 readings) it knows repeats are its normal behaviour.
+    assert not any(e.cause == "stuck" for e in r.events if e.ts > 400)

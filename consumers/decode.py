@@ -1,0 +1,266 @@
+"""Kafka messages (key, value bytes) to the engine's arrays, and why a message cannot be scored.
+
+Accepted values (JSON objects, decoded with orjson):
+
+    {"sensor_id": "pump-7", "ts": 1700000000.5, "value": 3.2}
+    {"sensor_id": "pump-7", "ts": 1700000000500, "values": [3.2, 41.0]}
+    {"ts": "2023-11-14T22:13:20Z", "values": {"temp": 41.0, "flow": 3.2}}
+
+- sensor id: the `sensor_id` field, else the message key (UTF-8);
+- ts: epoch seconds, epoch milliseconds (any number above 1e11) or an ISO-8601
+  string (naive = UTC);
+- `value` (one channel) or `values`: a list in channel order, or an object by
+  channel name. The names are fixed by `channel_names`, else by the sorted keys
+  of the first object seen; an object with another key set is `wrong_channels`.
+
+Decoding never raises: every message gets either a row for the engine or a
+`DeadLetterReason` with a human-readable detail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from numbers import Real
+
+import numpy as np
+import orjson
+
+from detector.validation import SCORED, RejectReason, coerce_sensor_id, coerce_timestamp, coerce_values
+
+MS_THRESHOLD = 1e11  # a numeric ts above this is epoch milliseconds (1e11 s is the year 5138)
+MAX_CHANNELS = 1024
+
+
+class DeadLetterReason(str, Enum):
+    """Why a message went to the dead-letter topic (the `reason` header)."""
+
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    TOO_LARGE = "too_large"
+    # the engine's reasons (RejectReason.label)
+    NOT_NUMERIC = "not_numeric"
+    NOT_FINITE = "not_finite"
+    WRONG_CHANNELS = "wrong_channels"
+    BAD_TIMESTAMP = "bad_timestamp"
+    OUT_OF_ORDER = "out_of_order"
+    DUPLICATE = "duplicate"
+    BAD_SENSOR_ID = "bad_sensor_id"
+
+    @classmethod
+    def of(cls, reason: RejectReason) -> DeadLetterReason:
+        return cls(reason.label)
+
+
+assert {r.label for r in RejectReason} <= {d.value for d in DeadLetterReason}, "a RejectReason has no dead-letter label"
+
+# Details for reasons the engine finds (decoding cannot know them).
+ENGINE_DETAILS = {
+    RejectReason.OUT_OF_ORDER: "ts is before the sensor's previous reading",
+    RejectReason.DUPLICATE: "ts equals the sensor's previous reading",
+    RejectReason.WRONG_CHANNELS: "number of values differs from the model's channels",
+    RejectReason.NOT_FINITE: "a value or the timestamp is not finite",
+    RejectReason.BAD_TIMESTAMP: "timestamp is not finite",
+    RejectReason.BAD_SENSOR_ID: "sensor id is empty or too long",
+    RejectReason.NOT_NUMERIC: "a value is not a number",
+}
+
+
+@dataclass
+class Decoded:
+    """One batch of messages, row i for message i.
+
+    sensor_ids/ts/values/status: the engine's inputs (status: 0 or a RejectReason found while decoding);
+    rows whose `dead[i]` is set never reach the engine.
+    dead: (reason, detail) of messages rejected before the engine, else None.
+    details: a detail for rows rejected with a RejectReason while decoding.
+    """
+
+    sensor_ids: list[str]
+    ts: np.ndarray
+    values: np.ndarray
+    status: np.ndarray
+    dead: list[tuple[DeadLetterReason, str] | None]
+    details: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.sensor_ids)
+
+    @property
+    def engine_rows(self) -> np.ndarray:
+        """Indices of the messages that go to the engine (scored or rejected there)."""
+        return np.array([i for i, d in enumerate(self.dead) if d is None], dtype=np.int64)
+
+
+class Decoder:
+    """Decodes batches; remembers the channel count and names once known (from config or first sight)."""
+
+    def __init__(
+        self,
+        channels: int | None = None,
+        channel_names: Sequence[str] | None = None,
+        max_message_bytes: int = 65_536,
+    ) -> None:
+        if channel_names is not None:
+            channel_names = list(channel_names)
+            if channels is not None and channels != len(channel_names):
+                raise ValueError(f"{len(channel_names)} channel names for {channels} channels")
+            channels = len(channel_names)
+        self.channels = channels
+        self.channel_names: list[str] | None = channel_names
+        self.max_message_bytes = max_message_bytes
+
+    def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
+        """Decode (key, value) pairs; never raises."""
+        n = len(messages)
+        parsed: list[tuple[str, float, object] | tuple[DeadLetterReason, str]] = []
+        for key, value in messages:
+            try:
+                parsed.append(self._parse(key, value))
+            except Exception as exc:  # noqa: BLE001 - decoding must never take the service down
+                parsed.append((DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200]))
+        if self.channels is None:
+            for item in parsed:
+                if not isinstance(item[0], DeadLetterReason):
+                    self._learn_channels(item[2])
+                    if self.channels is not None:
+                        break
+        channels = self.channels or 1
+        out = Decoded(
+            sensor_ids=[""] * n,
+            ts=np.full(n, np.nan),
+            values=np.full((n, channels), np.nan),
+            status=np.zeros(n, dtype=np.int8),
+            dead=[None] * n,
+            details=[None] * n,
+        )
+        for i, item in enumerate(parsed):
+            if isinstance(item[0], DeadLetterReason):
+                out.dead[i] = (item[0], str(item[1]))
+                continue
+            sensor_id, ts, raw = item
+            out.sensor_ids[i] = sensor_id
+            if sensor_id == "":
+                out.status[i] = RejectReason.BAD_SENSOR_ID
+                out.details[i] = "sensor id is not a printable string or integer of 1-256 characters"
+                continue
+            if not math.isfinite(ts):
+                out.status[i] = RejectReason.BAD_TIMESTAMP
+                out.details[i] = "ts is not epoch seconds, epoch milliseconds or an ISO-8601 string"
+                continue
+            out.ts[i] = ts
+            if self.channels is None:  # no message of the batch could say how many channels there are
+                out.status[i] = RejectReason.NOT_NUMERIC
+                out.details[i] = "values are not a number, a list of numbers or an object of numbers"
+                continue
+            row, reason, detail = self._row(raw)
+            if reason is not None:
+                out.status[i] = reason
+                out.details[i] = detail
+            else:
+                out.values[i] = row
+        return out
+
+    # --- one message ----------------------------------------------------------------
+    def _parse(
+        self, key: bytes | None, value: bytes | None
+    ) -> tuple[str, float, object] | tuple[DeadLetterReason, str]:
+        if value is None:
+            return DeadLetterReason.NOT_AN_OBJECT, "null value (tombstone)"
+        if len(value) > self.max_message_bytes:
+            return DeadLetterReason.TOO_LARGE, f"{len(value)} bytes > max_message_bytes {self.max_message_bytes}"
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            doc = _lenient_json(value)
+            if doc is None:
+                return DeadLetterReason.MALFORMED_JSON, str(exc)[:200]
+        if not isinstance(doc, dict):
+            return DeadLetterReason.NOT_AN_OBJECT, f"JSON {type(doc).__name__}, expected an object"
+        # sensor id: the field, else the key
+        raw_id = doc.get("sensor_id")
+        if raw_id is None:
+            if key is None:
+                return DeadLetterReason.MISSING_FIELD, "no sensor_id field and no message key"
+            try:
+                raw_id = key.decode("utf-8")
+            except UnicodeDecodeError:
+                raw_id = None
+        sensor_id = coerce_sensor_id(raw_id) or ""
+        if "ts" not in doc or doc["ts"] is None:
+            return DeadLetterReason.MISSING_FIELD, "no ts field"
+        if "values" in doc and doc["values"] is not None:
+            raw = doc["values"]
+        elif "value" in doc and doc["value"] is not None:
+            raw = doc["value"]
+        else:
+            return DeadLetterReason.MISSING_FIELD, "no value or values field"
+        return sensor_id, _timestamp(doc["ts"]), raw
+
+    def _learn_channels(self, raw: object) -> None:
+        if isinstance(raw, dict):
+            if 1 <= len(raw) <= MAX_CHANNELS and all(isinstance(k, str) for k in raw):
+                self.channel_names = sorted(raw)
+                self.channels = len(self.channel_names)
+        elif isinstance(raw, list):
+            if 1 <= len(raw) <= MAX_CHANNELS:
+                self.channels = len(raw)
+        elif isinstance(raw, Real) and not isinstance(raw, bool):
+            self.channels = 1
+
+    def _row(self, raw: object) -> tuple[np.ndarray | None, RejectReason | None, str | None]:
+        channels = self.channels
+        assert channels is not None
+        if isinstance(raw, dict):
+            if self.channel_names is None:
+                if len(raw) != channels or not all(isinstance(k, str) for k in raw):
+                    return None, RejectReason.WRONG_CHANNELS, f"{len(raw)} values for {channels} channels"
+                self.channel_names = sorted(raw)
+            if len(raw) != len(self.channel_names) or any(name not in raw for name in self.channel_names):
+                return None, RejectReason.WRONG_CHANNELS, (
+                    f"keys {sorted(map(str, raw))[:8]} differ from the channels {self.channel_names[:8]}"
+                )
+            raw = [raw[name] for name in self.channel_names]
+        row, reason = coerce_values(raw, channels)
+        if reason is None:
+            return row, None, None
+        if reason is RejectReason.WRONG_CHANNELS:
+            return None, reason, f"{len(raw) if isinstance(raw, list) else 1} values for {channels} channels"
+        if reason is RejectReason.NOT_NUMERIC:
+            return None, reason, f"values {_short(raw)} are not all numbers"
+        return None, reason, f"values {_short(raw)} are not all finite"
+
+
+def _timestamp(ts: object) -> float:
+    """Epoch seconds from seconds, milliseconds or ISO-8601; NaN if unusable."""
+    if isinstance(ts, Real) and not isinstance(ts, bool):
+        value = float(ts)
+        if math.isfinite(value) and abs(value) > MS_THRESHOLD:
+            value /= 1000.0
+        return value if math.isfinite(value) else math.nan
+    if isinstance(ts, str):
+        value = coerce_timestamp(ts)
+        return math.nan if value is None else value
+    return math.nan
+
+
+def _lenient_json(value: bytes) -> object | None:
+    """The stdlib parser accepts NaN/Infinity (as Python's json.dumps writes them), so they become not_finite."""
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _short(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def reason_of(status_code: int) -> DeadLetterReason | None:
+    """The dead-letter reason for an engine status code (None if scored)."""
+    return None if status_code == SCORED else DeadLetterReason.of(RejectReason(status_code))

@@ -1,0 +1,512 @@
+"""`ScoringService`: consume readings from Kafka, score them, produce scores, alerts and dead letters.
+
+One loop, one micro-batch at a time (that is the backpressure: at most
+`max_batch` messages are in flight):
+
+    getmany ─► decode ─► Engine.step ─► produce scores / alerts / dead letters
+            ─► await every ack (acks=all) ─► commit the batch's offsets
+
+Offsets are committed only after all outputs of the batch are acknowledged, so
+delivery is at-least-once: after a crash the uncommitted tail is consumed and
+scored again (see docs/service.md for what duplicates look like).
+
+One `Engine` serves every assigned partition. Messages are keyed by sensor id,
+so a sensor's readings live in one partition; the service remembers which
+partition each sensor was last seen on and, after a rebalance, drops the state
+of sensors whose partition went to another member (the new owner starts them
+fresh; restoring state comes with the state issue). A revocation first waits
+for the in-flight batch to be produced and committed.
+
+Lifecycle: `start()` connects (retrying with capped exponential backoff while
+the broker is unreachable), `run()` loops until `request_stop()`, `close()`
+flushes, leaves the group and closes. `serve()` wires signals and the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+
+from consumers.config import ServiceConfig
+from consumers.decode import ENGINE_DETAILS, Decoded, Decoder, DeadLetterReason
+from detector.engine import Engine, StepResult
+from detector.model_store import Model, load_model
+from detector.validation import SCORED, RejectReason
+
+log = logging.getLogger("hiddenstate.serve")
+
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class StopRequested(Exception):
+    """Raised inside the service when a stop was requested while it waited on the broker."""
+
+
+@dataclass
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class ServiceStats:
+    """Counts since start, for logs, tests and (later) metrics."""
+
+    consumed: int = 0
+    scored: int = 0
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    alerts: int = 0
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    produce_retries: int = 0
+    dropped_sensors: int = 0
+    connect_attempts: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: ScoringService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.service._on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.service._on_assigned(set(assigned))
+
+
+class ScoringService:
+    """The Kafka service around one Engine. Use as `async with ScoringService(cfg) as s: await s.run()`."""
+
+    def __init__(self, config: ServiceConfig, model: Model | None = None) -> None:
+        self.config = config
+        self.model = model if model is not None else load_model(config.detector.model)
+        self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes)
+        self.engine: Engine | None = None
+        if self.decoder.channels is not None:
+            self.engine = Engine(self.model.network, config.detector, self.decoder.channels)
+        self.stats = ServiceStats()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._owner: dict[str, TopicPartition] = {}
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._closed = False
+        self._last_report = time.monotonic()
+
+    # --- lifecycle ------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Finish the in-flight batch, then leave `run()` (safe to call from a signal handler)."""
+        if not self._stop.is_set():
+            log.info("stop requested: finishing the in-flight batch")
+        self._stop.set()
+
+    async def __aenter__(self) -> ScoringService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect consumer and producer, retrying with capped exponential backoff.
+
+        Raises StopRequested if a stop is requested while waiting, TimeoutError after
+        `start_timeout_seconds` (if set).
+        """
+        cfg = self.config
+        log.info("starting: %s model_id=%s", cfg.summary(), self.model.model_id)
+        delay = cfg.retry_initial_seconds
+        started = time.monotonic()
+        while True:
+            self.stats.connect_attempts += 1
+            consumer, producer = self._make_clients()
+            try:
+                await producer.start()
+                await consumer.start()
+            except KafkaError as exc:
+                await _quietly_stop(consumer, producer)
+                waited = time.monotonic() - started
+                if cfg.start_timeout_seconds is not None and waited + delay > cfg.start_timeout_seconds:
+                    log.error("cannot reach Kafka at %s: %s; giving up after %.1fs (start_timeout_seconds)",
+                              cfg.bootstrap_servers, _err(exc), waited)
+                    raise TimeoutError(
+                        f"Kafka at {cfg.bootstrap_servers} unreachable for {waited:.1f}s: {_err(exc)}"
+                    ) from None
+                log.warning("cannot reach Kafka at %s (attempt %d): %s; retrying in %.1fs",
+                            cfg.bootstrap_servers, self.stats.connect_attempts, _err(exc), delay)
+                await self._sleep_unless_stopped(delay)
+                delay = min(delay * 2, cfg.retry_max_seconds)
+                continue
+            self.consumer, self.producer = consumer, producer
+            consumer.subscribe(topics=list(cfg.input_topics), listener=_Rebalance(self))
+            log.info("connected to %s; consuming %s as group %s", cfg.bootstrap_servers,
+                     ",".join(cfg.input_topics), cfg.group_id)
+            return
+
+    def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+        cfg = self.config
+        common = cfg.kafka_client_kwargs()
+        consumer = AIOKafkaConsumer(
+            **common,
+            group_id=cfg.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_poll_records=cfg.max_batch,
+            # a fetch never returns (much) more than a batch can hold
+            max_partition_fetch_bytes=max(cfg.max_message_bytes * 4, 1_048_576),
+        )
+        producer = AIOKafkaProducer(
+            **common,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=cfg.linger_ms,
+            max_request_size=max(1_048_576, cfg.max_message_bytes + 16_384),
+        )
+        return consumer, producer
+
+    async def close(self) -> None:
+        """Flush the producer, leave the group and close both clients (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        consumer, producer = self.consumer, self.producer
+        if producer is not None:
+            try:
+                await producer.flush()
+            except KafkaError as exc:
+                log.warning("producer flush failed: %s", _err(exc))
+        await _quietly_stop(consumer, producer)
+        log.info("stopped: %s", self._report_line())
+
+    async def run(self) -> None:
+        """Consume, score and produce until `request_stop()`; the in-flight batch always completes."""
+        if self.consumer is None:
+            raise RuntimeError("start() the service first")
+        cfg = self.config
+        while not self._stop.is_set():
+            try:
+                records = await self.consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+            except KafkaError as exc:
+                log.warning("poll failed: %s; retrying", _err(exc))
+                await self._sleep_unless_stopped(cfg.retry_initial_seconds, raise_on_stop=False)
+                continue
+            if records:
+                await self.process(records)
+            self._maybe_report()
+
+    # --- one batch ------------------------------------------------------------------
+    async def process(self, records: dict[TopicPartition, list]) -> None:
+        """Score one getmany batch, produce its outputs, wait for the acks, commit its offsets."""
+        async with self._lock:
+            messages = [m for tp in sorted(records, key=lambda t: (t.topic, t.partition)) for m in records[tp]]
+            if not messages:
+                return
+            self.stats.consumed += len(messages)
+            decoded = self.decoder.decode([(m.key, m.value) for m in messages])
+            result = await self._score(decoded)
+            outputs = self._outputs(messages, decoded, result)
+            await self._deliver(outputs)
+            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
+            await self._commit(offsets)
+            self.stats.batches += 1
+
+    async def _score(self, decoded: Decoded) -> StepResult | None:
+        rows = decoded.engine_rows
+        if rows.size == 0 or self.decoder.channels is None:
+            return None
+        if self.engine is None:
+            self.engine = Engine(self.model.network, self.config.detector, self.decoder.channels)
+            log.info("engine ready: %d channel(s)%s", self.decoder.channels,
+                     f" {self.decoder.channel_names}" if self.decoder.channel_names else "")
+        ids = [decoded.sensor_ids[i] for i in rows.tolist()]
+        # the network step is CPU work: keep the event loop (heartbeats, fetches) responsive
+        return await asyncio.to_thread(
+            self.engine.step, ids, decoded.ts[rows], decoded.values[rows], decoded.status[rows]
+        )
+
+    def _outputs(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
+        cfg = self.config
+        model_id = self.model.model_id
+        names = self.decoder.channel_names
+        outputs: list[Output] = []
+        # engine row j -> message i
+        rows = decoded.engine_rows.tolist()
+        status = np.full(len(messages), -1, dtype=np.int16)
+        engine_row_of = {}
+        if result is not None:
+            for j, i in enumerate(rows):
+                status[i] = result.status[j]
+                engine_row_of[i] = j
+        else:
+            for i in rows:
+                status[i] = decoded.status[i]
+        scored_at: dict[tuple[str, float], int] = {}
+        for i, msg in enumerate(messages):
+            headers = _source_headers(msg)
+            dead = decoded.dead[i]
+            if dead is None and status[i] != SCORED:
+                reject = RejectReason(int(status[i]))
+                dead = (DeadLetterReason.of(reject), decoded.details[i] or ENGINE_DETAILS.get(reject, reject.label))
+            if dead is not None:
+                reason, detail = dead
+                self.stats.dead_lettered[reason.value] = self.stats.dead_lettered.get(reason.value, 0) + 1
+                outputs.append(Output(
+                    cfg.dead_letter_topic, msg.key, msg.value,
+                    [("reason", reason.value.encode()), ("detail", detail.encode("utf-8", "replace")[:1000]), *headers],
+                ))
+                continue
+            assert result is not None
+            j = engine_row_of[i]
+            sensor = result.sensor_ids[j]
+            tp = TopicPartition(msg.topic, msg.partition)
+            if self._owner.get(sensor) != tp:
+                self._owner[sensor] = tp
+            expected = result.expected[j].tolist()
+            seen = decoded.values[i].tolist()
+            doc = {
+                "sensor_id": sensor,
+                "ts": float(result.ts[j]),
+                "score": float(result.score[j]),
+                "anomalous": bool(result.anomalous[j]),
+                "alerting": bool(result.alerting[j]),
+                "expected": dict(zip(names, expected)) if names else expected,
+                "values": dict(zip(names, seen)) if names else seen,
+                "model": model_id,
+            }
+            key = sensor.encode()
+            outputs.append(Output(cfg.scores_topic, key, orjson.dumps(doc, option=JSON_OPTIONS), headers))
+            scored_at[(sensor, float(result.ts[j]))] = i
+            self.stats.scored += 1
+        if result is not None:
+            for event in result.events:
+                if names and event.channel_name is None and event.channel < len(names):
+                    event = dataclasses.replace(event, channel_name=names[event.channel])
+                doc = event.as_dict()
+                doc["model"] = model_id
+                i = scored_at.get((event.sensor_id, event.ts))
+                headers = _source_headers(messages[i]) if i is not None else []
+                outputs.append(Output(cfg.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
+                self.stats.alerts += 1
+                log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score)
+        self._prune_owners()
+        return outputs
+
+    async def _deliver(self, outputs: list[Output]) -> None:
+        """Produce every output and wait for its acknowledgement, resending failures with backoff."""
+        assert self.producer is not None
+        cfg = self.config
+        pending = outputs
+        delay = cfg.retry_initial_seconds
+        while pending:
+            futures: list[tuple[Output, asyncio.Future | BaseException]] = []
+            for out in pending:
+                try:
+                    fut = await self.producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                except KafkaError as exc:
+                    futures.append((out, exc))
+                else:
+                    futures.append((out, fut))
+            waits = [f for _, f in futures if isinstance(f, asyncio.Future)]
+            if waits:
+                await asyncio.gather(*waits, return_exceptions=True)
+            failed: list[Output] = []
+            errors: list[BaseException] = []
+            for out, f in futures:
+                exc = f if isinstance(f, BaseException) else f.exception()
+                if exc is None:
+                    continue
+                if isinstance(exc, MessageSizeTooLargeError) and out.topic == cfg.dead_letter_topic and out.value:
+                    # the original cannot be copied: dead-letter its headers, say it was truncated
+                    out = Output(out.topic, out.key, None, [*out.headers, ("truncated", str(len(out.value)).encode())])
+                failed.append(out)
+                errors.append(exc)
+            if not failed:
+                return
+            self.stats.produce_retries += len(failed)
+            log.warning("%d of %d outputs not acknowledged (%s); resending in %.1fs",
+                        len(failed), len(pending), _err(errors[0]), delay)
+            # not interrupted by a stop request: `serve` bounds a stuck batch by the grace period
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, cfg.retry_max_seconds)
+            pending = failed
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        mine = {tp: off for tp, off in offsets.items() if tp in assigned}
+        if len(mine) < len(offsets):
+            log.info("not committing revoked partitions %s (their new owner will consume them again)",
+                     _fmt_tps(set(offsets) - set(mine)))
+        if not mine:
+            return
+        try:
+            await self.consumer.commit(mine)
+            self.stats.commits += 1
+        except KafkaError as exc:
+            # The batch will be consumed again (here or by the partition's next owner). Its sensors'
+            # state already includes it: drop that state, or the redelivered readings would be
+            # rejected as duplicates instead of scored again.
+            self.stats.commit_failures += 1
+            dropped = self._drop_partitions(set(mine))
+            log.warning("commit failed%s: %s; those messages will be consumed again "
+                        "(dropped the state of %d sensor(s))",
+                        " (group rebalanced)" if isinstance(exc, CommitFailedError) else "", _err(exc), dropped)
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Before a rebalance: wait until the in-flight batch is produced and committed."""
+        async with self._lock:
+            log.info("rebalance: partitions %s revoked (in-flight batch committed)", _fmt_tps(revoked))
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """After a rebalance: keep the state of sensors on partitions still ours, drop the rest.
+
+        With the eager protocol every rebalance revokes all partitions and hands most of them
+        back; dropping only what moved elsewhere keeps the warm state of the partitions we keep.
+        """
+        async with self._lock:
+            moved = {tp for tp in self._owner.values() if tp not in assigned}
+            dropped = self._drop_partitions(moved)
+            log.info("assigned partitions: %s; dropped the state of %d sensor(s) on partitions now elsewhere",
+                     _fmt_tps(assigned), dropped)
+
+    def _drop_partitions(self, tps: set[TopicPartition]) -> int:
+        """Forget the sensors last seen on these partitions; returns how many the engine held."""
+        if not tps:
+            return 0
+        gone = [s for s, tp in self._owner.items() if tp in tps]
+        for s in gone:
+            del self._owner[s]
+        dropped = self.engine.pool.remove(gone) if self.engine is not None and gone else 0
+        self.stats.dropped_sensors += dropped
+        return dropped
+
+    def _prune_owners(self) -> None:
+        """Forget owners of sensors the engine evicted (idle TTL, capacity), so the map stays bounded."""
+        if self.engine is None or len(self._owner) <= 2 * len(self.engine.pool) + 1024:
+            return
+        pool = self.engine.pool
+        self._owner = {s: tp for s, tp in self._owner.items() if pool.slot_of(s) is not None}
+
+    # --- helpers --------------------------------------------------------------------
+    async def _sleep_unless_stopped(self, seconds: float, raise_on_stop: bool = True) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+        if raise_on_stop:
+            raise StopRequested
+
+    def _maybe_report(self, every: float = 60.0) -> None:
+        now = time.monotonic()
+        if now - self._last_report >= every:
+            self._last_report = now
+            log.info("progress: %s", self._report_line())
+
+    def _report_line(self) -> str:
+        s = self.stats
+        dead = sum(s.dead_lettered.values())
+        sensors = len(self.engine.pool) if self.engine is not None else 0
+        return (f"consumed={s.consumed} scored={s.scored} dead_lettered={dead} alerts={s.alerts} "
+                f"batches={s.batches} commits={s.commits} sensors={sensors}")
+
+
+async def serve(config: ServiceConfig, model: Model | None = None, install_signals: bool = True) -> int:
+    """Run the service until SIGTERM/SIGINT (or `start_timeout_seconds` at start); returns an exit status.
+
+    0: stopped cleanly within `grace_seconds`; 1: the grace period ran out (the uncommitted
+    batch is consumed again by the next owner); 2: the broker was never reachable.
+    """
+    service = ScoringService(config, model)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, service.request_stop)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+                pass
+    try:
+        return await _serve(service, config)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _serve(service: ScoringService, config: ServiceConfig) -> int:
+    try:
+        await service.start()
+    except StopRequested:
+        log.info("stopped before the broker could be reached")
+        return 0
+    except TimeoutError:  # start() logged why
+        return 2
+    run_task = asyncio.create_task(service.run(), name="hiddenstate-serve")
+    stop_wait = asyncio.create_task(service._stop.wait())
+    await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    deadline = time.monotonic() + config.grace_seconds
+    status = 0
+    if not run_task.done():
+        done, _ = await asyncio.wait({run_task}, timeout=config.grace_seconds)
+        if not done:
+            log.error("grace period of %.1fs ran out during a batch; abandoning it uncommitted", config.grace_seconds)
+            run_task.cancel()
+            status = 1
+    stop_wait.cancel()
+    if run_task.done() and not run_task.cancelled() and run_task.exception() is not None:
+        log.error("the service failed", exc_info=run_task.exception())
+        status = 1
+    remaining = max(deadline - time.monotonic(), 1.0)
+    try:
+        await asyncio.wait_for(service.close(), timeout=remaining)
+    except TimeoutError:
+        log.error("could not flush and leave the group within the grace period")
+        status = 1
+    return status
+
+
+async def _quietly_stop(consumer: AIOKafkaConsumer | None, producer: AIOKafkaProducer | None) -> None:
+    for client in (consumer, producer):
+        if client is None:
+            continue
+        try:
+            await client.stop()
+        except Exception as exc:  # noqa: BLE001 - closing must not mask the reason we are closing
+            log.debug("error while closing %s: %s", type(client).__name__, exc)
+
+
+def _source_headers(msg) -> list[tuple[str, bytes]]:
+    return [
+        ("source_topic", msg.topic.encode()),
+        ("source_partition", str(msg.partition).encode()),
+        ("source_offset", str(msg.offset).encode()),
+    ]
+
+
+def _fmt_tps(tps: Iterable[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps, key=lambda t: (t.topic, t.partition))) or "-"
+
+
+def _err(exc: BaseException) -> str:
+    text, name = str(exc), type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name

@@ -1,0 +1,143 @@
+"""Decoding Kafka messages for the service: formats, timestamps, every dead-letter reason; never raises."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.decode import DeadLetterReason, Decoder
+from detector.validation import RejectReason
+
+
+def one(decoder: Decoder, value: bytes | None, key: bytes | None = b"k1"):
+    out = decoder.decode([(key, value)])
+    return out, out.dead[0], out.status[0]
+
+
+def reason(decoder: Decoder, value: bytes | None, key: bytes | None = b"k1") -> str | None:
+    out, dead, status = one(decoder, value, key)
+    if dead is not None:
+        return dead[0].value
+    return None if status == 0 else RejectReason(int(status)).label
+
+
+def test_value_and_key_fallback():
+    d = Decoder()
+    out, dead, status = one(d, b'{"sensor_id": "pump-7", "ts": 1700000000.5, "value": 3.25}')
+    assert dead is None and status == 0
+    assert out.sensor_ids == ["pump-7"] and out.ts[0] == 1700000000.5 and out.values[0, 0] == 3.25
+    assert d.channels == 1
+    out, dead, status = one(d, b'{"ts": 1700000001, "value": 1}', key=b"from-key")
+    assert out.sensor_ids == ["from-key"] and status == 0
+    out, dead, status = one(d, b'{"sensor_id": 42, "ts": 1700000001, "value": 1}')
+    assert out.sensor_ids == ["42"]
+
+
+def test_timestamps_seconds_millis_iso():
+    d = Decoder(channels=1)
+    out = d.decode([
+        (b"a", b'{"ts": 1700000000, "value": 1}'),
+        (b"a", b'{"ts": 1700000000500, "value": 1}'),
+        (b"a", b'{"ts": "2023-11-14T22:13:20Z", "value": 1}'),
+        (b"a", b'{"ts": "2023-11-14T22:13:20", "value": 1}'),
+        (b"a", b'{"ts": "yesterday", "value": 1}'),
+        (b"a", b'{"ts": true, "value": 1}'),
+    ])
+    assert out.ts[0] == 1700000000.0
+    assert out.ts[1] == 1700000000.5
+    assert out.ts[2] == out.ts[3] == 1700000000.0
+    assert list(out.status[4:]) == [RejectReason.BAD_TIMESTAMP] * 2
+
+
+def test_values_list_and_object():
+    d = Decoder()
+    out = d.decode([
+        (b"a", b'{"ts": 1, "values": {"temp": 41.0, "flow": 3.5}}'),
+        (b"a", b'{"ts": 2, "values": {"flow": 1.0, "temp": 2.0}}'),
+        (b"a", b'{"ts": 3, "values": [7.0, 8.0]}'),
+        (b"a", b'{"ts": 4, "values": {"flow": 1.0, "pressure": 2.0}}'),
+        (b"a", b'{"ts": 5, "values": [1.0]}'),
+    ])
+    assert d.channels == 2 and d.channel_names == ["flow", "temp"]
+    assert out.values[0].tolist() == [3.5, 41.0]
+    assert out.values[1].tolist() == [1.0, 2.0]
+    assert out.values[2].tolist() == [7.0, 8.0]
+    assert list(out.status) == [0, 0, 0, RejectReason.WRONG_CHANNELS, RejectReason.WRONG_CHANNELS]
+
+
+def test_configured_channel_names_fix_the_order():
+    d = Decoder(channel_names=["temp", "flow"])
+    out = d.decode([(b"a", b'{"ts": 1, "values": {"flow": 3.5, "temp": 41.0}}')])
+    assert out.values[0].tolist() == [41.0, 3.5]
+
+
+def test_every_dead_letter_reason():
+    d = Decoder(channels=1, max_message_bytes=1000)
+    cases = {
+        b"{not json": "malformed_json",
+        b"\xff\xfe": "malformed_json",
+        b"": "malformed_json",
+        b"[1, 2]": "not_an_object",
+        b'"text"': "not_an_object",
+        b'{"sensor_id": "a", "value": 1}': "missing_field",
+        b'{"sensor_id": "a", "ts": 1}': "missing_field",
+        b'{"sensor_id": "a", "ts": 1, "value": "abc"}': "not_numeric",
+        b'{"sensor_id": "a", "ts": 1, "value": true}': "not_numeric",
+        b'{"sensor_id": "a", "ts": 1, "value": NaN}': "not_finite",
+        b'{"sensor_id": "a", "ts": 1, "value": Infinity}': "not_finite",
+        b'{"sensor_id": "a", "ts": 1, "value": 1e999}': "not_finite",
+        b'{"sensor_id": "a", "ts": 1, "values": [1, 2]}': "wrong_channels",
+        b'{"sensor_id": "a", "ts": "noon", "value": 1}': "bad_timestamp",
+        b'{"sensor_id": [1], "ts": 1, "value": 1}': "bad_sensor_id",
+        b'{"sensor_id": "", "ts": 1, "value": 1}': "bad_sensor_id",
+        b'{"sensor_id": "' + b"x" * 300 + b'", "ts": 1, "value": 1}': "bad_sensor_id",
+        b'{"sensor_id": "a", "ts": 1, "value": 1, "pad": "' + b"x" * 1000 + b'"}': "too_large",
+        None: "not_an_object",
+    }
+    for value, expected in cases.items():
+        assert reason(d, value) == expected, value
+    assert reason(d, b'{"ts": 1, "value": 1}', key=None) == "missing_field"
+    assert reason(d, b'{"ts": 1, "value": 1}', key=b"\xff") == "bad_sensor_id"
+    assert {r.value for r in DeadLetterReason} >= {r.label for r in RejectReason}
+
+
+def test_channels_unknown_and_no_valid_message():
+    d = Decoder()
+    out = d.decode([(b"a", b'{"ts": 1, "value": "x"}'), (b"a", b"nope")])
+    assert d.channels is None
+    assert out.status[0] == RejectReason.NOT_NUMERIC and out.dead[1][0] is DeadLetterReason.MALFORMED_JSON
+
+
+def test_batch_rows_line_up():
+    d = Decoder(channels=1)
+    msgs = [(f"s{i}".encode(), orjson.dumps({"ts": i, "value": i * 1.5})) for i in range(5)]
+    msgs.insert(2, (b"s9", b"garbage"))
+    out = d.decode(msgs)
+    assert out.engine_rows.tolist() == [0, 1, 3, 4, 5]
+    assert out.sensor_ids[3] == "s2" and out.values[3, 0] == 3.0
+    assert math.isnan(out.ts[2])
+
+
+_json_docs = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=3)
+    | st.dictionaries(st.sampled_from(["sensor_id", "ts", "value", "values", "x"]), c, max_size=4),
+).map(lambda v: json.dumps(v).encode())  # stdlib: NaN, Infinity and huge integers included
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.none() | st.binary(max_size=20), st.none() | st.binary(max_size=200) | _json_docs),
+                max_size=8))
+def test_decode_never_raises(messages):
+    d = Decoder()
+    out = d.decode(messages)
+    assert len(out) == len(messages)
+    for i in range(len(messages)):
+        assert (out.dead[i] is None) or isinstance(out.dead[i][0], DeadLetterReason)
+        if out.dead[i] is None and out.status[i] == 0:
+            assert out.sensor_ids[i] and np.all(np.isfinite(out.values[i])) and np.isfinite(out.ts[i])
