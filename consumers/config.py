@@ -16,7 +16,6 @@ The SASL password is a `SecretStr`: its repr, `str()` and `summary()` never show
 from __future__ import annotations
 
 import ssl
-import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,7 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from detector.config import DetectorConfig, load_config
+from detector.config import DetectorConfig, load_config, read_toml
 from detector.errors import ConfigError
 
 # The `[service]` table of the file being loaded (set only while `load_service_config` builds one).
@@ -86,6 +85,22 @@ class ServiceConfig(BaseSettings):
         description="Channel order for readings whose `values` is an object; None = sorted keys of the first one.",
     )
 
+    # --- metrics, health and readiness (see docs/metrics.md, docs/operations.md) -------
+    metrics_enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz over HTTP.")
+    metrics_address: str = Field(
+        "0.0.0.0", min_length=1, description="Address the HTTP endpoints listen on (`::` for IPv6)."
+    )
+    metrics_port: int = Field(9108, ge=0, le=65_535, description="Port of the HTTP endpoints; 0 = any free port.")
+    health_stall_seconds: float = Field(
+        60.0, gt=0, description="/healthz fails when the processing loop has not gone round for this long."
+    )
+    broker_probe_seconds: float = Field(
+        5.0, gt=0, description="How often consumer lag is measured (a broker round trip, also used by /readyz)."
+    )
+    broker_stale_seconds: float = Field(
+        30.0, gt=0, description="/readyz fails when the broker has not answered for this long."
+    )
+
     # --- security (passed through to aiokafka) ---------------------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -121,6 +136,8 @@ class ServiceConfig(BaseSettings):
             raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
         if self.sasl_mechanism is not None and (self.sasl_username is None or self.sasl_password is None):
             raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        if self.broker_probe_seconds >= self.broker_stale_seconds:
+            raise ValueError("broker_probe_seconds must be shorter than broker_stale_seconds")
         if self.retry_initial_seconds > self.retry_max_seconds:
             raise ValueError("retry_initial_seconds cannot exceed retry_max_seconds")
         outputs = {self.scores_topic, self.alerts_topic, self.dead_letter_topic}
@@ -172,7 +189,8 @@ class ServiceConfig(BaseSettings):
             f"bootstrap={self.bootstrap_servers} inputs={','.join(self.input_topics)} scores={self.scores_topic} "
             f"alerts={self.alerts_topic} dlq={self.dead_letter_topic} group={self.group_id} "
             f"max_batch={self.max_batch} security={sec} model={self.detector.model} "
-            f"threshold={self.detector.threshold}"
+            f"threshold={self.detector.threshold} "
+            f"metrics={f'{self.metrics_address}:{self.metrics_port}' if self.metrics_enabled else 'off'}"
         )
 
 
@@ -186,13 +204,7 @@ def load_service_config(
     """
     table: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        table = data.get("service", {})
+        table = read_toml(path).get("service", {})
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: [service] must be a table")
         unknown = set(table) - set(ServiceConfig.model_fields) - {"detector"}

@@ -73,6 +73,16 @@ _EnvSettings = create_model(
 )
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML file, or a ConfigError saying why it cannot be read."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> DetectorConfig:
     """Build a DetectorConfig from a TOML file, then the environment, then `overrides` (flags).
 
@@ -81,12 +91,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> DetectorCon
     """
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path)
         values.update(data.get("detector", {k: v for k, v in data.items() if not isinstance(v, dict)}))
     values.update(_EnvSettings().model_dump(exclude_none=True))
     values.update({k: v for k, v in overrides.items() if v is not None})
