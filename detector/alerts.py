@@ -88,7 +88,7 @@ def update(
 ) -> Transitions:
     """Advance each row's hysteresis by one reading."""
     window = np.uint32((1 << raise_n) - 1)
-    flags = ((flags << np.uint32(1)) | anomalous.astype(np.uint32)) & window
+    flags = ((flags.astype(np.uint32) << np.uint32(1)) | anomalous.astype(np.uint32)) & window
     raised = ~active & (np.bitwise_count(flags) >= raise_k)
     calm = np.where(active & ~anomalous, calm + 1, 0).astype(np.uint16)
     cleared = active & (calm >= clear_m)

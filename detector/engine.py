@@ -22,8 +22,8 @@ from detector import alerts, calibration, flatline, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.networks import GRUForecaster
-from detector.state_pool import StatePool
-from detector.validation import MAX_SENSOR_ID_LENGTH, SCORED, RejectReason
+from detector.state_pool import Rows, StatePool
+from detector.validation import SCORED, RejectReason
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Engine:
         values = np.asarray(values, dtype=np.float64).reshape(n, -1)
         status = np.zeros(n, dtype=np.int8) if status is None else np.array(status, dtype=np.int8).reshape(n)
         result = StepResult(
-            sensor_ids=list(sensor_ids),
+            sensor_ids=sensor_ids if isinstance(sensor_ids, list) else list(sensor_ids),
             ts=ts,
             status=status,
             expected=np.full((n, self.channels), np.nan),
@@ -112,31 +112,35 @@ class Engine:
         self._check_stateless(result, values)
         rows = np.flatnonzero(status == SCORED)
         if rows.size:
-            slots = self.pool.assign([result.sensor_ids[i] for i in rows.tolist()])
+            ids = result.sensor_ids if rows.size == n else [result.sensor_ids[i] for i in rows.tolist()]
+            slots = self.pool.assign(ids)
+            if (slots < 0).any():  # ids the pool refused: empty or too long
+                status[rows[slots < 0]] = RejectReason.BAD_SENSOR_ID
+                rows, slots = rows[slots >= 0], slots[slots >= 0]
             for wave in _waves(slots):
                 self._step_wave(result, rows[wave], slots[wave], values)
-            self._max_ts = max(self._max_ts, float(ts[rows].max()))
-        for code in np.unique(status[status != SCORED]).tolist():
-            self.stats.rejected[RejectReason(code)] += int(np.count_nonzero(status == code))
-        if result.events:
+            if rows.size:
+                self._max_ts = max(self._max_ts, float(ts[rows].max()))
+        rejected = status != SCORED
+        if rejected.any():
+            for code in np.unique(status[rejected]).tolist():
+                self.stats.rejected[RejectReason(code)] += int(np.count_nonzero(status == code))
+        if len(result.events) > 1:
             result.events.sort(key=lambda e: e.ts)
         self._sweep_idle()
         return result
 
     def _check_stateless(self, result: StepResult, values: np.ndarray) -> None:
         status = result.status
-        ok = status == SCORED
         if values.shape[1] != self.channels:
-            status[ok] = RejectReason.WRONG_CHANNELS
+            status[status == SCORED] = RejectReason.WRONG_CHANNELS
             return
-        bad_id = np.fromiter(
-            (not s or len(s) > MAX_SENSOR_ID_LENGTH for s in result.sensor_ids), dtype=bool, count=len(status)
-        )
-        status[ok & bad_id] = RejectReason.BAD_SENSOR_ID
-        ok = status == SCORED
-        status[ok & ~np.isfinite(result.ts)] = RejectReason.BAD_TIMESTAMP
-        ok = status == SCORED
-        status[ok & ~np.all(np.isfinite(values), axis=1)] = RejectReason.NOT_FINITE
+        bad_ts = ~np.isfinite(result.ts)
+        bad_values = ~np.isfinite(values).all(axis=1)
+        if bad_ts.any() or bad_values.any():
+            ok = status == SCORED
+            status[ok & bad_ts] = RejectReason.BAD_TIMESTAMP
+            status[(status == SCORED) & bad_values] = RejectReason.NOT_FINITE
 
     def _step_wave(self, result: StepResult, rows: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
         cfg, pool = self.config, self.pool
@@ -153,74 +157,75 @@ class Engine:
             rows, slots, ts, count, last, seen = rows[keep], slots[keep], ts[keep], count[keep], last[keep], seen[keep]
             if rows.size == 0:
                 return
+        st = pool.gather(slots)
         x = values[rows]
         dt = np.where(seen, ts - last, 0.0)
 
         gap = seen & (dt > cfg.max_gap)
         if gap.any():
-            reset = slots[gap]
-            pool.hidden[reset] = 0.0
-            pool.since_reset[reset] = 0
-            pool.forecast[reset] = np.nan
-            pool.forecast_logvar[reset] = np.nan
+            st.hidden[gap] = 0.0
+            st.since_reset[gap] = 0
+            st.forecast[gap] = np.nan
+            st.forecast_logvar[gap] = np.nan
             self.stats.gap_resets += int(gap.sum())
 
-        # Score the reading against the forecast made at the previous one.
-        has_forecast = (pool.since_reset[slots] > 0) & (count >= calibration.MIN_READINGS)
-        # The forecast was made in the frame of the statistics as they are now (updated at the previous reading).
-        norm_mean, norm_var = pool.norm_mean[slots], pool.norm_var[slots]
+        # Score the reading against the forecast made at the previous one, in the frame of the
+        # statistics as they are now (they were updated at the previous reading).
+        has_forecast = (st.since_reset > 0) & (count >= calibration.MIN_READINGS)
+        norm_mean, norm_var = st.norm_mean.copy(), st.norm_var.copy()
         std_before = normalise.scale(norm_mean, norm_var)
-        expected = norm_mean + std_before * pool.forecast[slots]
-        expected_std = std_before * np.exp(0.5 * pool.forecast_logvar[slots])
+        expected = norm_mean + std_before * st.forecast
+        expected_std = std_before * np.exp(0.5 * st.forecast_logvar)
         z_res, err = calibration.standardised_error(x, expected, expected_std)
-        repeats, run_mean, stuck_score, stuck_channel = flatline.update(
-            pool.last_value[slots], pool.repeats[slots], pool.run_mean[slots], x, seen, cfg.stuck_after
+        st.repeats[:], st.run_mean[:], stuck_score, stuck_channel = flatline.update(
+            st.last_value, st.repeats, st.run_mean, x, seen, cfg.stuck_after
         )
-        pool.last_value[slots], pool.repeats[slots], pool.run_mean[slots] = x, repeats, run_mean
+        st.last_value[:] = x
         score = np.zeros(rows.size, dtype=np.float32)
         anomalous = np.zeros(rows.size, dtype=bool)
         if has_forecast.any():
-            f, fs = np.flatnonzero(has_forecast), slots[has_forecast]
-            s, short, mean, var = calibration.score(
-                err[f], pool.err_short[fs], pool.err_mean[fs], pool.err_var[fs], pool.scored[fs],
+            f = np.flatnonzero(has_forecast) if not has_forecast.all() else slice(None)
+            err_mean_before, err_var_before = st.err_mean[f], st.err_var[f]
+            s, st.err_short[f], st.err_mean[f], st.err_var[f] = calibration.score(
+                err[f], st.err_short[f], err_mean_before, err_var_before, st.scored[f],
                 cfg.short_window, cfg.long_window,
             )
-            err_mean_before, err_var_before = pool.err_mean[fs], pool.err_var[fs]
-            pool.err_short[fs], pool.err_mean[fs], pool.err_var[fs] = short, mean, var
-            pool.scored[fs] += 1
+            st.scored[f] += 1
             stuck = stuck_score[f] > s
             s = np.maximum(s, stuck_score[f])
             score[f] = s
             anomalous[f] = thresholds.is_anomalous(s, count[f] + 1, cfg.warmup, cfg.threshold)
-            # A stuck channel is the reason whenever the run, not the forecast error, made the score.
-            surprise = np.nan_to_num(np.abs(z_res[f]), nan=0.0)
-            surprise[stuck, stuck_channel[f][stuck]] = np.inf
-            self._advance_alerts(result, rows[f], fs, ts[f], x[f], expected[f], surprise, s, anomalous[f],
-                                 err_mean_before, err_var_before)
+            # Alert state can only change where something is anomalous or an alert is open.
+            if anomalous.any() or st.flags[f].any() or st.active[f].any():
+                # A stuck channel is the reason whenever the run, not the forecast error, made the score.
+                surprise = np.nan_to_num(np.abs(z_res[f]), nan=0.0)
+                surprise[stuck, stuck_channel[f][stuck]] = np.inf
+                self._advance_alerts(result, rows[f], st, f, ts[f], x[f], expected[f], surprise, s,
+                                     anomalous[f], err_mean_before, err_var_before)
 
         # Normalise, step the network and keep its forecast of the next reading.
-        z, tfeat, mean, var, dt_mean = normalise.observe(
-            norm_mean, norm_var, pool.dt_mean[slots], count, x, dt, cfg.norm_window, gap
+        z, tfeat, st.norm_mean[:], st.norm_var[:], st.dt_mean[:] = normalise.observe(
+            norm_mean, norm_var, st.dt_mean, count, x, dt, cfg.norm_window, gap
         )
         features = np.empty((rows.size, self.channels, 2), dtype=np.float32)
         features[:, :, 0] = z
         features[:, :, 1] = tfeat[:, None]
         started = time.perf_counter()
-        pred, logvar, hidden = self.network.step(torch.from_numpy(features), torch.from_numpy(pool.hidden[slots]))
+        pred, logvar, hidden = self.network.step(torch.from_numpy(features), torch.from_numpy(st.hidden))
         self.stats.network_seconds += time.perf_counter() - started
-        pool.hidden[slots] = hidden.numpy()
-        pool.forecast[slots] = pred.numpy()
-        pool.forecast_logvar[slots] = logvar.numpy()
-        pool.norm_mean[slots], pool.norm_var[slots], pool.dt_mean[slots] = mean, var, dt_mean
-        pool.count[slots] = count + 1
-        pool.since_reset[slots] += 1
-        pool.last_ts[slots] = ts
+        st.hidden[:] = hidden.numpy()
+        st.forecast[:] = pred.numpy()
+        st.forecast_logvar[:] = logvar.numpy()
+        st.count[:] = count + 1
+        st.since_reset += 1
+        st.last_ts[:] = ts
+        pool.scatter(slots, st)
 
         result.expected[rows] = expected
         result.residual[rows] = x - expected
         result.score[rows] = score
         result.anomalous[rows] = anomalous
-        result.alerting[rows] = pool.active[slots]
+        result.alerting[rows] = st.active > 0
         self.stats.scored += int(rows.size)
         self.stats.anomalous += int(anomalous.sum())
 
@@ -228,7 +233,8 @@ class Engine:
         self,
         result: StepResult,
         rows: np.ndarray,
-        slots: np.ndarray,
+        st: Rows,
+        f: np.ndarray | slice,
         ts: np.ndarray,
         x: np.ndarray,
         expected: np.ndarray,
@@ -238,46 +244,46 @@ class Engine:
         err_mean: np.ndarray,
         err_var: np.ndarray,
     ) -> None:
-        cfg, pool = self.config, self.pool
+        cfg = self.config
         t = alerts.update(
-            pool.flags[slots], pool.active[slots], pool.calm[slots], pool.peak[slots],
-            anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m,
+            st.flags[f], st.active[f] > 0, st.calm[f], st.peak[f], anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m
         )
-        pool.flags[slots], pool.active[slots], pool.calm[slots], pool.peak[slots] = t.flags, t.active, t.calm, t.peak
+        st.flags[f], st.active[f], st.calm[f], st.peak[f] = t.flags, t.active, t.calm, t.peak
 
         # Remember the most surprising reading of the run of anomalies: that is the alert's reason.
         channel = surprise.argmax(axis=1)
         worst = surprise.max(axis=1)
-        pick = np.arange(rows.size)
-        worse = anomalous & (worst > pool.cause_z[slots])
+        pick = np.arange(len(worst))
+        idx = np.arange(len(st))[f]
+        worse = anomalous & (worst > st.cause_z[f])
         if worse.any():
-            ws = slots[worse]
-            pool.cause_z[ws] = worst[worse]
-            pool.cause_channel[ws] = channel[worse]
-            pool.cause_expected[ws] = expected[pick[worse], channel[worse]]
-            pool.cause_seen[ws] = x[pick[worse], channel[worse]]
+            w = idx[worse]
+            st.cause_z[w] = worst[worse]
+            st.cause_channel[w] = channel[worse]
+            st.cause_expected[w] = expected[pick[worse], channel[worse]]
+            st.cause_seen[w] = x[pick[worse], channel[worse]]
 
         for i in np.flatnonzero(t.raised | t.cleared).tolist():
-            slot = int(slots[i])
+            j = int(idx[i])
             if t.raised[i]:
-                pool.alert_start[slot] = ts[i]
+                st.alert_start[j] = ts[i]
                 event = AlertEvent(
                     AlertKind.RAISE, result.sensor_ids[rows[i]], float(ts[i]), float(ts[i]), float(score[i]),
-                    int(pool.cause_channel[slot]), float(pool.cause_expected[slot]), float(pool.cause_seen[slot]),
-                    cause="stuck" if np.isinf(pool.cause_z[slot]) else "forecast",
+                    int(st.cause_channel[j]), float(st.cause_expected[j]), float(st.cause_seen[j]),
+                    cause="stuck" if np.isinf(st.cause_z[j]) else "forecast",
                     threshold_error=thresholds.error_threshold(float(err_mean[i]), float(err_var[i]), cfg.threshold),
                 )
                 self.stats.alerts_raised += 1
             else:
                 c = int(channel[i])
                 event = AlertEvent(
-                    AlertKind.CLEAR, result.sensor_ids[rows[i]], float(ts[i]), float(pool.alert_start[slot]),
-                    float(score[i]), c, float(expected[i, c]), float(x[i, c]), peak_score=float(pool.peak[slot]),
+                    AlertKind.CLEAR, result.sensor_ids[rows[i]], float(ts[i]), float(st.alert_start[j]),
+                    float(score[i]), c, float(expected[i, c]), float(x[i, c]), peak_score=float(st.peak[j]),
                 )
                 self.stats.alerts_cleared += 1
             result.events.append(event)
-        quiet = (t.flags == 0) & ~t.active
-        pool.cause_z[slots[quiet]] = 0.0
+        quiet = idx[(t.flags == 0) & ~t.active]
+        st.cause_z[quiet] = 0.0
 
     def _sweep_idle(self) -> None:
         ttl = self.config.idle_ttl
@@ -291,8 +297,8 @@ class Engine:
 
 def _waves(slots: np.ndarray) -> list[np.ndarray]:
     """Split batch positions into waves: wave k holds each sensor's k-th reading, in input order."""
-    if slots.size == 0:
-        return []
+    if slots.size <= 1:
+        return [np.arange(slots.size)] if slots.size else []
     order = np.argsort(slots, kind="stable")
     sorted_slots = slots[order]
     starts = np.ones(slots.size, dtype=bool)

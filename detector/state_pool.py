@@ -2,12 +2,21 @@
 
 Millions of sensors share one network; each keeps only the few hundred bytes
 here: hidden state, normalisation and calibration statistics, the pending
-forecast, alert state and its last timestamp. All state of all sensors lives in
-a handful of contiguous arrays (one row per slot), so the engine can gather the
-rows of a micro-batch, step them together and scatter them back.
+forecast, alert state and its last timestamp.
 
-Growth doubles the arrays (amortised, never per message) up to `capacity`;
-beyond it the least recently seen sensors are evicted. Sensors idle longer than
+All fields of one dtype are packed side by side in one row-major block (float32,
+float64, int32), one row per slot. The engine gathers the rows of a micro-batch
+with one fancy index per block (`gather`), works on that small copy through
+named column views, and scatters it back (`scatter`): three copies each way
+instead of one per field, which is what makes large fleets in random order fast.
+Every field is also reachable by name on the pool itself (`pool.hidden`,
+`pool.count`, ...) as a view over all slots.
+
+Sensor ids are mapped to slots by `IdMap` (hashes only, ~24 bytes per sensor);
+the pool keeps no id strings, so 10 M sensors fit in a few GiB.
+
+Growth doubles the blocks (amortised, never per message) up to `capacity`;
+beyond it the sensors with the oldest last reading are evicted. Sensors idle longer than
 `idle_ttl` of event time are evicted by `evict_idle`. Both are counted.
 """
 
@@ -18,34 +27,39 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# name -> (dtype, per-channel?); a field with per-channel False is one value per sensor.
-_FIELDS: dict[str, tuple[type, bool]] = {
-    "norm_mean": (np.float64, True),  # float64: a 1e6 offset must not swamp 1e-3 changes
-    "norm_var": (np.float32, True),
-    "forecast": (np.float32, True),  # next reading as forecast, in units of the current normalisation
-    "forecast_logvar": (np.float32, True),  # and its log-variance
-    "last_value": (np.float64, True),  # the previous reading, to see repeats
-    "repeats": (np.uint16, True),  # length of the current run of identical readings
-    "run_mean": (np.float32, True),  # usual length of such runs
-    "count": (np.int32, False),  # readings accepted since the sensor appeared
-    "since_reset": (np.int32, False),  # readings since the hidden state was last reset
-    "last_ts": (np.float64, False),
-    "dt_mean": (np.float32, False),
-    "scored": (np.int32, False),  # forecast errors scored so far
-    "err_short": (np.float32, False),  # short-window smoothed error
-    "err_mean": (np.float32, False),  # long-window distribution of log(err_short)
-    "err_var": (np.float32, False),
-    "flags": (np.uint32, False),  # bit i = reading i back was anomalous
-    "active": (np.bool_, False),  # an alert episode is open
-    "calm": (np.uint16, False),  # consecutive normal readings during an episode
-    "peak": (np.float32, False),  # highest score of the open episode
-    "alert_start": (np.float64, False),
-    "cause_z": (np.float32, False),  # the most surprising reading of the current anomaly run (inf: stuck) ...
-    "cause_channel": (np.int16, False),  # ... its channel,
-    "cause_expected": (np.float64, False),  # ... what was expected
-    "cause_seen": (np.float64, False),  # ... and what was seen: the reason given when the alert is raised
-    "last_seen": (np.int64, False),  # batch tick, for least-recently-seen eviction
+from detector.id_map import IdMap, hash_ids
+from detector.validation import MAX_SENSOR_ID_LENGTH
+
+# name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor.
+_FIELDS: dict[str, tuple[str, int | str]] = {
+    "hidden": ("f32", "S"),
+    "norm_var": ("f32", "C"),
+    "forecast": ("f32", "C"),  # next reading as forecast, in units of the current normalisation
+    "forecast_logvar": ("f32", "C"),  # and its log-variance
+    "run_mean": ("f32", "C"),  # usual length of runs of identical readings
+    "dt_mean": ("f32", 1),
+    "err_short": ("f32", 1),  # short-window smoothed error
+    "err_mean": ("f32", 1),  # long-window distribution of log(err_short)
+    "err_var": ("f32", 1),
+    "peak": ("f32", 1),  # highest score of the open episode
+    "cause_z": ("f32", 1),  # the most surprising reading of the current anomaly run (inf: stuck) ...
+    "norm_mean": ("f64", "C"),  # float64: a 1e6 offset must not swamp 1e-3 changes
+    "last_value": ("f64", "C"),  # the previous reading, to see repeats
+    "last_ts": ("f64", 1),
+    "alert_start": ("f64", 1),
+    "cause_expected": ("f64", 1),  # ... what was expected
+    "cause_seen": ("f64", 1),  # ... and what was seen: the reason given when the alert is raised
+    "repeats": ("i32", "C"),  # length of the current run of identical readings
+    "count": ("i32", 1),  # readings accepted since the sensor appeared
+    "since_reset": ("i32", 1),  # readings since the hidden state was last reset
+    "scored": ("i32", 1),  # forecast errors scored so far
+    "flags": ("i32", 1),  # bit i = reading i back was anomalous
+    "active": ("i32", 1),  # an alert episode is open
+    "calm": ("i32", 1),  # consecutive normal readings during an episode
+    "cause_channel": ("i32", 1),  # ... its channel
 }
+_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
+_NAN_ON_RESET = ("forecast", "forecast_logvar")
 
 
 @dataclass
@@ -57,27 +71,52 @@ class PoolStats:
     grown: int = 0
 
 
-class StatePool:
-    """Sensor id -> slot map plus the state arrays of every slot.
+class Rows:
+    """A gathered copy of some slots' state, with every field as a named column view.
 
-    Fields are attributes (`pool.hidden`, `pool.norm_mean`, ...) indexed by slot.
+    `rows.count`, `rows.hidden`, ... read and write the copy; `StatePool.scatter` writes it back.
     """
+
+    def __init__(self, blocks: dict[str, np.ndarray], layout: dict[str, tuple[str, slice | int]]) -> None:
+        self.blocks = blocks
+        for name, (block, cols) in layout.items():
+            setattr(self, name, blocks[block][:, cols])
+
+    def __len__(self) -> int:
+        return len(self.blocks["f32"])
+
+    def __getattr__(self, name: str) -> np.ndarray:  # only for type checkers; fields are set in __init__
+        raise AttributeError(name)
+
+
+class StatePool:
+    """Sensor id -> slot map plus the packed state of every slot."""
 
     def __init__(self, state_size: int, channels: int, capacity: int, initial_capacity: int = 1024) -> None:
         self.state_size = state_size
         self.channels = channels
         self.capacity = capacity
         self.stats = PoolStats()
-        self._slots: dict[str, int] = {}
-        self._ids: list[str | None] = []
-        self._free: list[int] = []
+        self._layout, widths = _layout(state_size, channels)
+        self._widths = widths
+        self._blocks: dict[str, np.ndarray] = {}
+        self._key_of = np.zeros(0, dtype=np.int64)  # id hash held by each slot; 0 = free
+        self._map = IdMap(min(initial_capacity, capacity))
+        self._free = np.zeros(0, dtype=np.int32)  # a stack of free slots; the top is _free[_nfree - 1]
+        self._nfree = 0
         self._allocated = 0
-        self._tick = 0
         self._grow_to(min(initial_capacity, capacity))
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        layout = self.__dict__.get("_layout")
+        if layout is None or name not in layout:
+            raise AttributeError(f"{type(self).__name__!s} has no field {name!r}")
+        block, cols = layout[name]
+        return self._blocks[block][:, cols]
 
     # -- size ---------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._slots)
+        return len(self._map)
 
     @property
     def allocated(self) -> int:
@@ -86,91 +125,110 @@ class StatePool:
 
     @property
     def bytes_per_sensor(self) -> int:
-        """Bytes of array state one slot holds (the id map comes on top)."""
-        return self.hidden.itemsize * self.state_size + sum(
-            np.dtype(dtype).itemsize * (self.channels if per_channel else 1)
-            for dtype, per_channel in _FIELDS.values()
-        )
+        """Bytes of array state one slot holds, bookkeeping included (the id map's table comes on top)."""
+        per_block = sum(np.dtype(_DTYPES[b]).itemsize * w for b, w in self._widths.items())
+        return per_block + self._key_of.itemsize + self._free.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all allocated state arrays (the id map's table excluded)."""
+        blocks = sum(b.nbytes for b in self._blocks.values())
+        return blocks + self._key_of.nbytes + self._free.nbytes
 
     def _grow_to(self, size: int) -> None:
         old = self._allocated
         if old:
             self.stats.grown += 1
-        self.hidden = _resized(getattr(self, "hidden", None), (size, self.state_size), np.float32)
-        for name, (dtype, per_channel) in _FIELDS.items():
-            shape = (size, self.channels) if per_channel else (size,)
-            setattr(self, name, _resized(getattr(self, name, None), shape, dtype))
-        self._ids.extend([None] * (size - old))
-        self._free.extend(range(size - 1, old - 1, -1))
+        for block, width in self._widths.items():
+            self._blocks[block] = _resized(self._blocks.get(block), (size, width), _DTYPES[block])
+        self._key_of = _resized(self._key_of, (size,), np.int64)
+        self._free = _resized(self._free, (size,), np.int32)
+        self._push_free(np.arange(size - 1, old - 1, -1))
         self._allocated = size
+
+    # -- gather / scatter ---------------------------------------------------
+    def gather(self, slots: np.ndarray) -> Rows:
+        """A copy of these slots' state (one fancy index per block)."""
+        return Rows({b: block[slots] for b, block in self._blocks.items()}, self._layout)
+
+    def scatter(self, slots: np.ndarray, rows: Rows) -> None:
+        """Write a (modified) gathered copy back to its slots."""
+        for b, block in self._blocks.items():
+            block[slots] = rows.blocks[b]
 
     # -- lookup -------------------------------------------------------------
     def slot_of(self, sensor_id: str) -> int | None:
         """The slot of a known sensor, or None."""
-        return self._slots.get(sensor_id)
+        slot = int(self._map.lookup(hash_ids([sensor_id]))[0])
+        return None if slot < 0 else slot
 
-    def sensor_ids(self) -> list[str]:
-        return list(self._slots)
-
-    def id_of(self, slot: int) -> str:
-        sensor = self._ids[slot]
-        if sensor is None:
-            raise KeyError(f"slot {slot} is free")
-        return sensor
+    def lookup(self, sensor_ids: Sequence[str]) -> np.ndarray:
+        """Slots of these ids, -1 for ids not held (no side effects)."""
+        return self._map.lookup(hash_ids(sensor_ids))
 
     def assign(self, sensor_ids: Sequence[str]) -> np.ndarray:
-        """Slots for `sensor_ids`, creating fresh state for new sensors; marks them recently seen."""
-        self._tick += 1
-        slots = np.empty(len(sensor_ids), dtype=np.int64)
-        new: list[int] = []
-        get = self._slots.get
-        for i, sensor in enumerate(sensor_ids):
-            slot = get(sensor)
-            if slot is None:
-                new.append(i)
-                slots[i] = -1
-            else:
-                slots[i] = slot
-        known = slots[slots >= 0]
-        self.last_seen[known] = self._tick
-        for i in new:
-            sensor = sensor_ids[i]
-            slot = self._slots.get(sensor)  # the same new id may appear twice in one batch
-            if slot is None:
-                slot = self._take_slot()
-                self._slots[sensor] = slot
-                self._ids[slot] = sensor
-                self._reset_slot(slot)
-                self.last_seen[slot] = self._tick
-            slots[i] = slot
+        """Slots for `sensor_ids`, creating fresh state for new sensors.
+
+        New ids are checked here, once in their life: an empty id or one longer than
+        MAX_SENSOR_ID_LENGTH gets slot -1 and no state.
+        """
+        keys = hash_ids(sensor_ids)
+        slots = self._map.lookup(keys)
+        missing = np.flatnonzero(slots < 0)
+        if missing.size:
+            new_keys, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
+            valid = np.fromiter(
+                (0 < len(sensor_ids[i]) <= MAX_SENSOR_ID_LENGTH for i in missing[first].tolist()),
+                dtype=bool,
+                count=first.size,
+            )
+            new_slots = np.full(new_keys.size, -1, dtype=np.int64)
+            new_slots[valid] = self._take_slots(int(valid.sum()), keep=slots[slots >= 0])
+            taken = new_slots[valid]
+            self._map.insert(new_keys[valid], taken)
+            self._key_of[taken] = new_keys[valid]
+            for block in self._blocks.values():
+                block[taken] = 0
+            for name in _NAN_ON_RESET:
+                getattr(self, name)[taken] = np.nan
+            slots[missing] = new_slots[inverse]
         return slots
 
-    def _take_slot(self) -> int:
-        if not self._free:
-            if self._allocated < self.capacity:
-                self._grow_to(min(self.capacity, max(1, self._allocated * 2)))
-            else:
-                self._evict_least_recent()
-        return self._free.pop()
+    def _push_free(self, slots: np.ndarray) -> None:
+        self._free[self._nfree : self._nfree + slots.size] = slots
+        self._nfree += slots.size
 
-    def _evict_least_recent(self) -> None:
-        # Evict ~1 % at once so a flood of new ids costs one partial sort per many sensors.
-        live = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
-        candidates = live[self.last_seen[live] < self._tick]
-        if candidates.size == 0:
+    def _take_slots(self, k: int, keep: np.ndarray) -> np.ndarray:
+        if k > self._nfree and self._allocated < self.capacity:
+            size = self._allocated
+            while size - self._allocated + self._nfree < k and size < self.capacity:
+                size = min(self.capacity, max(1, size * 2))
+            self._grow_to(size)
+        if k > self._nfree:
+            self._evict_least_recent(k - self._nfree, keep)
+        self._nfree -= k
+        return self._free[self._nfree : self._nfree + k].astype(np.int64)
+
+    def _live_slots(self) -> np.ndarray:
+        return np.flatnonzero(self._key_of[: self._allocated] != 0)
+
+    def _evict_least_recent(self, needed: int, keep: np.ndarray) -> None:
+        # Least recently seen = oldest last reading (event time); the batch's own sensors are kept.
+        # Evict at least ~1 % at once so a flood of new ids costs one partial sort per many sensors.
+        live = self._live_slots()
+        candidates = live[~np.isin(live, keep)]
+        if candidates.size < needed:
             raise OverflowError(
                 f"one batch holds more than capacity={self.capacity} distinct sensors; raise capacity"
             )
-        k = max(1, min(candidates.size, self.capacity // 100))
-        victims = candidates[np.argpartition(self.last_seen[candidates], k - 1)[:k]]
+        k = min(candidates.size, max(needed, self.capacity // 100))
+        victims = candidates[np.argpartition(self.last_ts[candidates], k - 1)[:k]]
         self._release(victims)
         self.stats.evicted_capacity += int(victims.size)
 
     def evict_idle(self, now: float, ttl: float) -> int:
         """Evict sensors whose last reading is older than `now - ttl` (event time); returns how many."""
-        if not self._slots:
-            return 0
-        live = np.fromiter(self._slots.values(), dtype=np.int64, count=len(self._slots))
+        live = self._live_slots()
         victims = live[self.last_ts[live] < now - ttl]
         self._release(victims)
         self.stats.evicted_idle += int(victims.size)
@@ -178,24 +236,32 @@ class StatePool:
 
     def remove(self, sensor_ids: Iterable[str]) -> int:
         """Forget these sensors (e.g. their partition moved away); returns how many were held."""
-        slots = [s for s in (self._slots.get(i) for i in sensor_ids) if s is not None]
-        self._release(np.asarray(slots, dtype=np.int64))
-        return len(slots)
+        slots = self.lookup(list(sensor_ids))
+        slots = np.unique(slots[slots >= 0])
+        self._release(slots)
+        return int(slots.size)
 
     def _release(self, slots: np.ndarray) -> None:
-        for slot in slots.tolist():
-            sensor = self._ids[slot]
-            if sensor is not None:
-                del self._slots[sensor]
-                self._ids[slot] = None
-                self._free.append(slot)
+        if slots.size:
+            self._map.remove(self._key_of[slots])
+            self._key_of[slots] = 0
+            self._push_free(slots)
 
-    def _reset_slot(self, slot: int) -> None:
-        self.hidden[slot] = 0.0
-        for name in _FIELDS:
-            getattr(self, name)[slot] = 0
-        self.forecast[slot] = np.nan
-        self.forecast_logvar[slot] = np.nan
+
+def _layout(state_size: int, channels: int) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
+    """Column of each field in its block, and each block's width."""
+    layout: dict[str, tuple[str, slice | int]] = {}
+    widths = {b: 0 for b in _DTYPES}
+    for name, (block, width) in _FIELDS.items():
+        start = widths[block]
+        if width == 1:
+            layout[name] = (block, start)
+            widths[block] += 1
+        else:
+            n = state_size if width == "S" else channels
+            layout[name] = (block, slice(start, start + n))
+            widths[block] += n
+    return layout, widths
 
 
 def _resized(old: np.ndarray | None, shape: tuple[int, ...], dtype: type) -> np.ndarray:

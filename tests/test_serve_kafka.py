@@ -347,7 +347,9 @@ def test_two_instances_split_partitions_and_score_everything(kafka_bootstrap, mo
         await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
         assignment = {"a": {tp.partition for tp in a.consumer.assignment()},
                       "b": {tp.partition for tp in b.consumer.assignment()}}
-        sensors = {"a": set(a.engine.pool.sensor_ids()), "b": set(b.engine.pool.sensor_ids())}
+        everyone = [key.decode() for key in partition_of]
+        sensors = {name: {s for s in everyone if svc.engine.pool.slot_of(s) is not None}
+                   for name, svc in (("a", a), ("b", b))}
         for service in (a, b):
             service.request_stop()
         await asyncio.gather(run_a, run_b)

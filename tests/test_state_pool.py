@@ -14,7 +14,7 @@ def test_growth_keeps_existing_state_and_doubles():
     slots = pool.assign(["a", "b"])
     pool.hidden[slots] = [[1, 1, 1, 1], [2, 2, 2, 2]]
     pool.assign(["c", "d", "e"])
-    assert pool.allocated == 8 and pool.stats.grown == 2
+    assert pool.allocated == 8 and pool.stats.grown == 1  # one doubling step to fit the batch
     np.testing.assert_array_equal(pool.hidden[pool.slot_of("b")], [2, 2, 2, 2])
     assert len(pool) == 5
 
@@ -26,15 +26,24 @@ def test_same_new_id_twice_in_one_batch_gets_one_slot():
     assert len(pool) == 2
 
 
-def test_capacity_evicts_least_recently_seen_and_counts():
+def test_capacity_evicts_the_sensor_with_the_oldest_reading_and_counts():
     pool = StatePool(state_size=2, channels=1, capacity=4, initial_capacity=4)
-    for name in "abcd":
-        pool.assign([name])
-    pool.assign(["a"])  # a is now the most recent; b the least
+    for t, name in enumerate("abcd"):
+        pool.last_ts[pool.assign([name])] = float(t)
+    pool.last_ts[pool.assign(["a"])] = 10.0  # a is now the most recent; b the oldest
     pool.assign(["e"])
     assert pool.slot_of("b") is None
-    assert {"a", "c", "d", "e"} == set(pool.sensor_ids())
+    assert all(pool.slot_of(s) is not None for s in "acde")
+    assert len(pool) == 4
     assert pool.stats.evicted_capacity == 1
+
+
+def test_sensors_of_the_current_batch_are_never_evicted():
+    pool = StatePool(state_size=2, channels=1, capacity=3, initial_capacity=3)
+    for t, name in enumerate("abc"):
+        pool.last_ts[pool.assign([name])] = float(t)
+    slots = pool.assign(["a", "new"])  # a is the oldest, but it is in this batch
+    assert (slots >= 0).all() and pool.slot_of("a") is not None and pool.slot_of("b") is None
 
 
 def test_a_new_sensor_starts_from_fresh_state_in_a_reused_slot():
@@ -84,6 +93,34 @@ def test_remove_forgets_sensors(small_model):
 
 def test_bytes_per_sensor_matches_the_arrays():
     pool = StatePool(state_size=64, channels=1, capacity=1000, initial_capacity=1000)
-    arrays = [v for v in vars(pool).values() if isinstance(v, np.ndarray)]
-    assert pool.bytes_per_sensor * 1000 == sum(a.nbytes for a in arrays)
+    assert pool.bytes_per_sensor * 1000 == pool.nbytes
     assert pool.bytes_per_sensor < 400
+
+
+def test_gather_and_scatter_round_trip_every_field():
+    pool = StatePool(state_size=3, channels=2, capacity=10, initial_capacity=10)
+    slots = pool.assign(["a", "b", "c"])
+    rows = pool.gather(slots[[2, 0]])
+    rows.hidden[:] = [[1, 2, 3], [4, 5, 6]]
+    rows.norm_mean[0] = [7.5, 8.5]
+    rows.count[:] = [11, 12]
+    pool.scatter(slots[[2, 0]], rows)
+    np.testing.assert_array_equal(pool.hidden[slots[0]], [4, 5, 6])
+    np.testing.assert_array_equal(pool.norm_mean[slots[2]], [7.5, 8.5])
+    assert pool.count[slots[2]] == 11 and pool.count[slots[0]] == 12 and pool.count[slots[1]] == 0
+    assert np.isnan(pool.forecast[slots[1]]).all()  # a fresh sensor has no forecast
+
+
+def test_id_map_survives_growth_removal_and_reuse():
+    from detector.id_map import IdMap, hash_ids
+
+    ids = [f"sensor-{i}" for i in range(20_000)]
+    keys = hash_ids(ids)
+    m = IdMap(8)
+    m.insert(keys[:15_000], np.arange(15_000))
+    m.remove(keys[:5_000])
+    m.insert(keys[15_000:], np.arange(15_000, 20_000))
+    np.testing.assert_array_equal(m.lookup(keys[:5_000]), -1)
+    np.testing.assert_array_equal(m.lookup(keys[5_000:]), np.arange(5_000, 20_000))
+    assert len(m) == 15_000
+    assert m.nbytes / len(m) <= 48  # a dict of str ids costs ~100 B per entry plus the strings
