@@ -56,7 +56,7 @@ class Detector:
         self.model = model if isinstance(model, Model) else load_model(model or config.model)
         self._engine: Engine | None = None
         if config.channels is not None:
-            self._engine = Engine(self.model.network, config, config.channels)
+            self._engine = Engine(self.model.network, config, config.channels, self.model.meta.get("sha256", ""))
 
     @property
     def engine(self) -> Engine:
@@ -87,7 +87,7 @@ class Detector:
     def score_many(self, sensor_ids: Sequence[object], timestamps: Sequence[object], values: Sequence[object]) -> StepResult:
         """Score a batch of loose readings (any sensors, any order); bad rows come back rejected."""
         if self._engine is None:
-            self._engine = Engine(self.model.network, self.config, _infer_channels(values))
+            self._engine = Engine(self.model.network, self.config, _infer_channels(values), self.model.meta.get("sha256", ""))
         ids, ts, rows, status = to_arrays(sensor_ids, timestamps, values, self._engine.channels)
         return self._engine.step(ids, ts, rows, status)
 
@@ -103,7 +103,7 @@ class Detector:
         if values.ndim == 1:
             values = values[:, None]
         if self._engine is None:
-            self._engine = Engine(self.model.network, self.config, values.shape[1])
+            self._engine = Engine(self.model.network, self.config, values.shape[1], self.model.meta.get("sha256", ""))
         return self._engine.step(sensor_ids, ts, values, status)
 
     def forget(self, sensor_ids: Sequence[str]) -> int:

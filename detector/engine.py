@@ -22,6 +22,7 @@ from detector import alerts, calibration, flatline, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.networks import GRUForecaster
+from detector.state_codec import StateCodec
 from detector.state_pool import Rows, StatePool
 from detector.validation import SCORED, RejectReason
 
@@ -37,6 +38,15 @@ class EngineStats:
     alerts_raised: int = 0
     alerts_cleared: int = 0
     network_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What `Engine.import_state` did with its records."""
+
+    restored: int
+    model_changed: int  # restored with statistics only: written under other weights
+    refused: int  # unreadable: other format, layout or channel count, or a bad sensor id
 
 
 @dataclass
@@ -73,11 +83,12 @@ class StepResult:
 class Engine:
     """Steps many sensors through one shared network, each with its own state."""
 
-    def __init__(self, network: GRUForecaster, config: DetectorConfig, channels: int) -> None:
+    def __init__(self, network: GRUForecaster, config: DetectorConfig, channels: int, model_sha256: str = "") -> None:
         self.network = network.eval()
         self.config = config
         self.channels = channels
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity)
+        self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
         self._last_idle_sweep = -np.inf
@@ -284,6 +295,36 @@ class Engine:
             result.events.append(event)
         quiet = idx[(t.flags == 0) & ~t.active]
         st.cause_z[quiet] = 0.0
+
+    def export_state(self, sensor_ids: Sequence[str]) -> list[bytes | None]:
+        """Each sensor's state as a record (see `state_codec`), None for sensors not held."""
+        slots = self.pool.lookup(sensor_ids)
+        held = np.flatnonzero(slots >= 0)
+        out: list[bytes | None] = [None] * len(slots)
+        for i, record in zip(held.tolist(), self.codec.encode(self.pool.gather(slots[held]))):
+            out[i] = record
+        return out
+
+    def import_state(self, sensor_ids: Sequence[str], records: Sequence[bytes]) -> RestoreReport:
+        """Restore sensors from records, replacing any state they have here.
+
+        Records this pool cannot read are refused; records written under other weights keep the
+        sensor's statistics, alert state and timestamps but restart its hidden state and forecast.
+        """
+        decoded = self.codec.decode(records)
+        ids = [s for s, ok in zip(sensor_ids, decoded.ok.tolist()) if ok]
+        slots = self.pool.assign(ids)
+        rows, fine = decoded.rows, slots >= 0
+        other = ~decoded.same_model
+        rows.hidden[other] = 0.0
+        rows.forecast[other] = np.nan
+        rows.forecast_logvar[other] = np.nan
+        rows.since_reset[other] = 0
+        self.pool.scatter(slots[fine], self.pool.rows({b: v[fine] for b, v in rows.blocks.items()}))
+        if fine.any():
+            self._max_ts = max(self._max_ts, float(rows.last_ts[fine].max()))
+        return RestoreReport(restored=int(fine.sum()), model_changed=int((other & fine).sum()),
+                             refused=int((~decoded.ok).sum() + (~fine).sum()))
 
     def _sweep_idle(self) -> None:
         ttl = self.config.idle_ttl

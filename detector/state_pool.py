@@ -147,6 +147,14 @@ class StatePool:
         self._allocated = size
 
     # -- gather / scatter ---------------------------------------------------
+    def block_specs(self) -> dict[str, tuple[int, np.dtype]]:
+        """Width and dtype of each block, in a fixed order."""
+        return {b: (block.shape[1], block.dtype) for b, block in self._blocks.items()}
+
+    def rows(self, blocks: dict[str, np.ndarray]) -> Rows:
+        """Named views over row blocks of this pool's layout (e.g. decoded from a checkpoint)."""
+        return Rows(blocks, self._layout)
+
     def gather(self, slots: np.ndarray) -> Rows:
         """A copy of these slots' state (one fancy index per block)."""
         return Rows({b: block[slots] for b, block in self._blocks.items()}, self._layout)

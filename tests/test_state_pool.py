@@ -123,4 +123,4 @@ def test_id_map_survives_growth_removal_and_reuse():
     np.testing.assert_array_equal(m.lookup(keys[:5_000]), -1)
     np.testing.assert_array_equal(m.lookup(keys[5_000:]), np.arange(5_000, 20_000))
     assert len(m) == 15_000
-    assert m.nbytes / len(m) <= 48  # a dict of str ids costs ~100 B per entry plus the strings
+    assert m.nbytes / len(m) <= 64  # load 1/4..1/2; a dict of str ids costs ~100 B per entry plus the strings
