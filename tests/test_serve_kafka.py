@@ -267,8 +267,14 @@ def test_sigterm_mid_stream_and_restart_skips_nothing(kafka_bootstrap, model_dir
     """`hiddenstate serve` gets SIGTERM while readings still arrive; a new process continues from the commits."""
     messages = fleet(sensors=40, steps=100, seed=1)  # 4000 readings, produced over ~8 s
 
+    stopped = asyncio.Event()
+
     async def producer(topic: str):
+        # Half the stream, then (however slow the machine) the rest only once the first process was told to
+        # stop: the stop always falls mid-stream.
         for i in range(0, len(messages), 50):
+            if i == len(messages) // 2:
+                await stopped.wait()
             await produce(kafka_bootstrap, topic, messages[i:i + 50])
             await asyncio.sleep(0.1)
 
@@ -286,7 +292,10 @@ def test_sigterm_mid_stream_and_restart_skips_nothing(kafka_bootstrap, model_dir
             first.kill()
             raise AssertionError(log1.read_text()[-3000:]) from None
         assert not feeding.done(), "the stream ended before the stop: not mid-stream"
-        rc1, stop_seconds = await _sigterm(first, log1)
+        stop = asyncio.create_task(_sigterm(first, log1))
+        await asyncio.sleep(0.2)
+        stopped.set()
+        rc1, stop_seconds = await stop
         at_stop = await committed_offsets(kafka_bootstrap, group, topics["in"])
         second = await _start(cmd, log2)
         await feeding
