@@ -1,0 +1,236 @@
+"""SKAB detection-quality benchmark of a hiddenstate model, under a streaming protocol.
+
+    .venv/bin/python benchmarks/skab/run.py --model gru-default
+    .venv/bin/python benchmarks/skab/run.py --model gru-default --set clear_m=60 --set threshold=0.99 --name tuned
+    .venv/bin/python benchmarks/skab/run.py --model gru-default --config my.toml --no-plots
+
+Protocol (SKAB's own, see docs/quality.md): each of the 34 labelled files is replayed in time order as
+its own sensor; every row is scored once, on arrival, by the engine with the given config (the same
+config for every file); nothing is fitted on labels, the threshold is the engine's calibrated one.
+The first 400 rows of each file are the training part (the engine warms up on them) and are not
+scored; metrics are computed on the remaining rows, pooled over files. The per-row prediction is the
+engine's `alerting` flag (an alert is open: the product's output, the headline) and, as a second
+variant, its per-row `anomalous` flag.
+
+Writes results/runs/<name>.json (every metric, per subset and per file, engine diagnostics, config,
+timings), plots results/plots/<name>-<subset>.png, and regenerates results/skab.md and
+results/skab.json from all run records. The always-alarm baseline and SKAB's T² reference are
+recorded too (cheap; `--no-baselines` to skip).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import tomllib  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.skab import reference, table  # noqa: E402
+from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load  # noqa: E402
+from benchmarks.skab.engine_run import harness_config, score_files  # noqa: E402
+from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
+from detector import DetectorConfig, load_config  # noqa: E402
+from detector.errors import ConfigError, HiddenstateError  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_sets(items: list[str]) -> dict[str, object]:
+    """`key=value` pairs; values parsed as TOML (numbers, true/false), `none` → None, else kept as text."""
+    out: dict[str, object] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, not {item!r}")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        if key not in DetectorConfig.model_fields:
+            raise SystemExit(f"--set {key}: not a setting; settings: {', '.join(DetectorConfig.model_fields)}")
+        if raw.lower() in ("none", "null"):
+            out[key] = None
+            continue
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", text).strip("_")
+
+
+def engine_source() -> dict[str, object]:
+    """The commit the engine and models come from, and whether they differ from it (uncommitted edits)."""
+    def git(*cmd: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True, check=True)
+            return done.stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--", "detector", "models")
+    return {"commit": commit, "engine_edited_since_commit": bool(dirty) if dirty is not None else None}
+
+
+def default_name(model: str, config_file: str | None, sets: dict[str, object]) -> str:
+    parts = [Path(model).name]
+    if config_file:
+        parts.append(Path(config_file).stem)
+    if sets:
+        parts.append(",".join(f"{k}={v}" for k, v in sets.items()))
+    return "+".join(parts)
+
+
+def run_engine(files: list[SkabFile], config: DetectorConfig, model: str, isolated: bool) -> tuple[dict, list]:
+    outs, seconds, model_id = score_files(files, config, model, isolated=isolated)
+    variants = {
+        "alert": evaluate(files, [o.alerting for o in outs]),
+        "flag": evaluate(files, [o.anomalous for o in outs]),
+    }
+    record = {
+        "kind": "engine",
+        "model": model,
+        "model_id": model_id,
+        "config": harness_config(config).model_dump(),
+        "headline": "alert",
+        "variants": variants,
+        "diagnostics": diagnose(files, outs),
+        "scoring_seconds": seconds,
+        "rows": int(sum(len(f) for f in files)),
+        "isolated": isolated,
+    }
+    return record, outs
+
+
+def baseline_records(files: list[SkabFile]) -> list[dict]:
+    always = evaluate(files, [reference.always_alarm(len(f)) for f in files])
+    t2 = evaluate(files, [reference.t2_reference(f.values)[0] for f in files])
+    return [
+        {
+            "kind": "baseline",
+            "order": 0,
+            "name": "always-alarm",
+            "description": "baseline computed by this harness: alarm on every row",
+            "command": ".venv/bin/python benchmarks/skab/run.py --model <any>  (written with every run)",
+            "variants": {"alarm": always},
+        },
+        {
+            "kind": "baseline",
+            "order": 1,
+            "name": "T² reference (re-implemented)",
+            "description": (
+                "SKAB's 'T-squared' pipeline re-implemented in benchmarks/skab/reference.py (fit on the 400 training "
+                "rows, rolling median of 5, alarm above 2·UCL): a check of this harness against the published "
+                "T-squared row"
+            ),
+            "command": ".venv/bin/python benchmarks/skab/run.py --model <any>  (written with every run)",
+            "variants": {"alarm": t2},
+        },
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="gru-default", help="shipped model name or model directory (default gru-default)")
+    p.add_argument("--config", help="TOML config file (as for hiddenstate replay --config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting (repeatable)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"SKAB data folder (default {DEFAULT_DATA})")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/skab/results)")
+    p.add_argument("--name", help="run name in the table (default: model[+config][+overrides])")
+    p.add_argument("--no-plots", action="store_true", help="skip the per-subset figures")
+    p.add_argument("--no-baselines", action="store_true", help="do not (re)write the baseline records")
+    p.add_argument("--isolated", action="store_true",
+                   help="a fresh Detector per file, one file after another (slow; same results)")
+    p.add_argument("--note", default="", help="text added to the run's description in the table")
+    args = p.parse_args(argv)
+
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    sets = parse_sets(args.set)
+    try:
+        config = load_config(args.config, model=args.model, **sets)
+    except ConfigError as exc:
+        raise SystemExit(f"run.py: {exc}") from None
+    name = args.name or default_name(args.model, args.config, sets)
+    try:
+        files = load(args.data)
+    except (OSError, ValueError, HiddenstateError) as exc:
+        raise SystemExit(f"run.py: {exc}") from None
+
+    try:
+        record, outs = run_engine(files, config, args.model, args.isolated)
+    except HiddenstateError as exc:
+        raise SystemExit(f"run.py: {exc}") from None
+    command = " ".join(
+        [".venv/bin/python benchmarks/skab/run.py", "--model", shlex.quote(args.model)]
+        + (["--config", shlex.quote(args.config)] if args.config else [])
+        + [f"--set {shlex.quote(s)}" for s in args.set]
+        + ([f"--name {shlex.quote(args.name)}"] if args.name else [])
+    )
+    overrides = ", ".join(f"{k}={v}" for k, v in sets.items())
+    record.update(
+        name=name,
+        description=f"model {record['model_id']}, "
+        + (f"config {args.config}, " if args.config else "")
+        + (f"overrides {overrides}" if overrides else "default config")
+        + (f" ({args.note})" if args.note else ""),
+        command=command,
+        default_config=config.model_dump() == DetectorConfig(model=args.model).model_dump(),
+        engine_source=engine_source(),
+        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        versions={"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
+        threads=torch.get_num_threads(),
+    )
+
+    runs_dir = args.out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_plots:
+        from benchmarks.skab.plots import plot_subsets
+
+        plots_dir = args.out / "plots"
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        paths = plot_subsets(files, outs, config.threshold, f"{name} ({record['model_id']})", plots_dir, slug(name))
+        record["plots"] = [str(p.relative_to(args.out)) for p in paths]
+    if not args.no_baselines:
+        for b in baseline_records(files):
+            (runs_dir / f"baseline-{slug(b['name'])}.json").write_text(
+                json.dumps(table.jsonable(b), indent=1, allow_nan=False) + "\n")
+    record["total_seconds"] = time.perf_counter() - started
+    (runs_dir / f"{slug(name)}.json").write_text(json.dumps(table.jsonable(record), indent=1, allow_nan=False) + "\n")
+    table.write(args.out)
+
+    for variant, m in record["variants"].items():
+        a = m["all"]
+        print(
+            f"{name} [{variant}]: F1 {a['f1']:.3f}  FAR {a['far']:.2f} %  MAR {a['mar']:.2f} %  "
+            f"NAB {a['nab_standard']:.2f} / {a['nab_low_fp']:.2f} / {a['nab_low_fn']:.2f}  "
+            f"missed {a['nab_missed']}/{a['nab_windows']}  FP CPs {a['nab_false_positives']}"
+        )
+    print(f"scored {record['rows']:,} rows in {record['scoring_seconds']:.1f} s; "
+          f"whole run {record['total_seconds']:.1f} s; "
+          f"wrote {args.out / 'skab.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
