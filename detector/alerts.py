@@ -32,7 +32,8 @@ class AlertEvent:
     channel: int
     expected: float
     seen: float
-    cause: str = "forecast"  # "forecast": far from the forecast; "stuck": the channel repeats one value
+    cause: str = "forecast"  # "forecast": far from the forecast; "level": the channel's level shifted
+    # (expected = its usual level); "stuck": the channel repeats one value
     threshold_error: float = float("nan")
     peak_score: float = float("nan")
     channel_name: str | None = field(default=None, compare=False)

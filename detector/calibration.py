@@ -57,7 +57,7 @@ def score(
     g = np.log(short + ERROR_FLOOR)
     sigma = np.maximum(np.sqrt(err_var), SIGMA_FLOOR)
     z = np.where(first, 0.0, (g - err_mean) / sigma).astype(np.float32)
-    prob = _ndtr(z)
+    prob = normal_cdf(z)
 
     settled = seen >= _SETTLED
     g_learn = np.where(settled, np.minimum(g, err_mean + 3.0 * sigma), g)
@@ -69,8 +69,10 @@ def score(
     return np.where(seen < _SETTLED, 0.0, prob).astype(np.float32), short, new_mean, new_var
 
 
-def _ndtr(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF; plain Python for a handful of values, where a torch call costs more."""
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF Φ(z) as float32, any shape; plain Python for a handful of values, where torch costs more."""
+    z = np.asarray(z, dtype=np.float32)
     if z.size <= 8:
-        return np.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in z.tolist()], dtype=np.float32)
-    return torch.special.ndtr(torch.from_numpy(z)).numpy()
+        flat = [0.5 * math.erfc(-v / math.sqrt(2.0)) for v in z.ravel().tolist()]
+        return np.array(flat, dtype=np.float32).reshape(z.shape)
+    return torch.special.ndtr(torch.from_numpy(np.ascontiguousarray(z))).numpy()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from detector import alerts, calibration, flatline, normalise, thresholds
+from detector import alerts, calibration, flatline, levels, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.networks import GRUForecaster
@@ -38,6 +38,10 @@ class EngineStats:
     alerts_raised: int = 0
     alerts_cleared: int = 0
     network_seconds: float = 0.0
+
+
+CAUSE_FORECAST, CAUSE_LEVEL, CAUSE_STUCK = 0, 1, 2
+CAUSES = ("forecast", "level", "stuck")
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,10 @@ class Engine:
             st.last_value, st.repeats, st.run_mean, x, seen, cfg.stuck_after
         )
         st.last_value[:] = x
+        z_level = np.clip((x - norm_mean) / std_before, -normalise.Z_CLIP, normalise.Z_CLIP)
+        st.level[:], st.level_spread[:], level_score, level_channel = levels.update(
+            st.level, st.level_spread, z_level, count, cfg.level_window, cfg.long_window
+        )
         score = np.zeros(rows.size, dtype=np.float32)
         anomalous = np.zeros(rows.size, dtype=bool)
         if has_forecast.any():
@@ -202,16 +210,29 @@ class Engine:
                 cfg.short_window, cfg.long_window,
             )
             st.scored[f] += 1
+            # The reading's score is the largest of three views: forecast error, shifted level, stuck value.
+            shifted = level_score[f] > s
+            s = np.maximum(s, level_score[f])
             stuck = stuck_score[f] > s
             s = np.maximum(s, stuck_score[f])
             score[f] = s
             anomalous[f] = thresholds.is_anomalous(s, count[f] + 1, cfg.warmup, cfg.threshold)
             # Alert state can only change where something is anomalous or an alert is open.
             if anomalous.any() or st.flags[f].any() or st.active[f].any():
-                # A stuck channel is the reason whenever the run, not the forecast error, made the score.
+                # The channel of whichever view made the score is the reason: levels and stuck runs rank
+                # above any forecast error (their surprise is set past every finite z).
                 surprise = np.nan_to_num(np.abs(z_res[f]), nan=0.0)
-                surprise[stuck, stuck_channel[f][stuck]] = np.inf
-                self._advance_alerts(result, rows[f], st, f, ts[f], x[f], expected[f], surprise, s,
+                cause = np.full(surprise.shape, CAUSE_FORECAST, dtype=np.int8)
+                reference = expected[f].copy()
+                shifted &= ~stuck
+                sr = np.flatnonzero(shifted)
+                surprise[sr, level_channel[f][shifted]] = 1e30
+                cause[sr, level_channel[f][shifted]] = CAUSE_LEVEL
+                reference[sr, level_channel[f][shifted]] = norm_mean[f][sr, level_channel[f][shifted]]
+                kr = np.flatnonzero(stuck)
+                surprise[kr, stuck_channel[f][stuck]] = np.inf
+                cause[kr, stuck_channel[f][stuck]] = CAUSE_STUCK
+                self._advance_alerts(result, rows[f], st, f, ts[f], x[f], reference, surprise, cause, s,
                                      anomalous[f], err_mean_before, err_var_before)
 
         # Normalise, step the network and keep its forecast of the next reading.
@@ -250,6 +271,7 @@ class Engine:
         x: np.ndarray,
         expected: np.ndarray,
         surprise: np.ndarray,
+        cause: np.ndarray,
         score: np.ndarray,
         anomalous: np.ndarray,
         err_mean: np.ndarray,
@@ -273,6 +295,7 @@ class Engine:
             st.cause_channel[w] = channel[worse]
             st.cause_expected[w] = expected[pick[worse], channel[worse]]
             st.cause_seen[w] = x[pick[worse], channel[worse]]
+            st.cause_kind[w] = cause[pick[worse], channel[worse]]
 
         for i in np.flatnonzero(t.raised | t.cleared).tolist():
             j = int(idx[i])
@@ -281,7 +304,7 @@ class Engine:
                 event = AlertEvent(
                     AlertKind.RAISE, result.sensor_ids[rows[i]], float(ts[i]), float(ts[i]), float(score[i]),
                     int(st.cause_channel[j]), float(st.cause_expected[j]), float(st.cause_seen[j]),
-                    cause="stuck" if np.isinf(st.cause_z[j]) else "forecast",
+                    cause=CAUSES[int(st.cause_kind[j])],
                     threshold_error=thresholds.error_threshold(float(err_mean[i]), float(err_var[i]), cfg.threshold),
                 )
                 self.stats.alerts_raised += 1

@@ -224,3 +224,17 @@ def test_a_quantised_channel_that_often_repeats_is_not_stuck(small_model):
     r = det.score_arrays(["flow"] * runs.size, np.arange(float(runs.size)), runs[:, None])
     # Once it has seen a few dozen runs (here ~400 readings) it knows repeats are its normal behaviour.
     assert not any(e.cause == "stuck" for e in r.events if e.ts > 400)
+
+
+def test_a_sustained_moderate_shift_raises_a_level_alert(small_model):
+    rng = np.random.default_rng(3)
+    values = rng.normal(0, 1, (1500, 2))
+    values[1000:1400, 1] += 2.5  # 2.5 σ on one channel, held for 400 readings
+    det = Detector(small_model, config=DetectorConfig(warmup=60, level_window=60), channels=2)
+    r = det.score_arrays(["valve"] * 1500, np.arange(1500.0), values)
+    raises = [e for e in r.events if e.kind is AlertKind.RAISE]
+    inside = [e for e in raises if 1000 <= e.ts < 1400]
+    assert inside and inside[0].cause == "level" and inside[0].channel == 1
+    assert abs(inside[0].expected) < 0.5 and inside[0].seen > 1.0  # usual level vs what was seen
+    assert r.alerting[1000:1400].mean() > 0.5
+    assert r.alerting[300:1000].mean() < 0.05

@@ -1,0 +1,46 @@
+"""Sustained shifts: how far has each channel's recent level moved from its usual one?
+
+A forecaster follows a level shift after one reading: its errors return to
+normal while the plant stays in the wrong state (SKAB's valve faults are such
+shifts). So each channel also keeps its recent level, an exponential average of
+its normalised value over about `level_window` readings, and the usual spread of
+that level. The level score is the two-sided tail probability of the current
+level under that spread, 2Φ(|level| / σ) − 1, on the same [0, 1] scale as the
+other scores. The normalisation's mean moves slowly (`norm_window`), so a
+shift keeps scoring for a while before it becomes the new normal. Updates of
+the spread are winsorised at 3σ so a shift does not widen it much.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.calibration import normal_cdf
+
+SPREAD_FLOOR = 0.05
+"""Smallest spread of a level (in normalised units)."""
+
+
+def update(
+    level: np.ndarray,
+    spread: np.ndarray,
+    z: np.ndarray,
+    count: np.ndarray,
+    window: float,
+    long_window: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Advance levels [n, C] with normalised readings z [n, C]; `count` is readings seen before these.
+
+    Returns (new level, new spread, level score [n], channel of that score [n]).
+    A sensor scores 0 until it has 2 × `window` readings (its level is still settling).
+    """
+    new_level = np.where(count[:, None] > 0, level + (z - level) / window, 0.0).astype(np.float32)
+    sigma = np.maximum(np.sqrt(spread), SPREAD_FLOOR)
+    per_channel = 2.0 * normal_cdf(np.abs(new_level) / sigma) - 1.0
+    settled = count >= 2 * window
+    per_channel = np.where(settled[:, None], per_channel, 0.0)
+    alpha = np.maximum(1.0 / (count.astype(np.float64) + 1.0), 1.0 / long_window)[:, None]
+    learn = np.minimum(new_level * new_level, 9.0 * sigma * sigma)
+    new_spread = (spread + alpha * (learn - spread)).astype(np.float32)
+    channel = per_channel.argmax(axis=1)
+    return new_level, new_spread, per_channel.max(axis=1).astype(np.float32), channel
