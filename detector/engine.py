@@ -40,8 +40,13 @@ class EngineStats:
     network_seconds: float = 0.0
 
 
-CAUSE_FORECAST, CAUSE_LEVEL, CAUSE_STUCK = 0, 1, 2
-CAUSES = ("forecast", "level", "stuck")
+LEVEL_SURPRISE = 1e30
+"""The surprise recorded for a shifted level: above any forecast error's |z|, below a stuck run's inf."""
+
+
+def _cause(surprise: float) -> str:
+    """Which view made an alert, from the surprise recorded for its reason."""
+    return "stuck" if np.isinf(surprise) else "level" if surprise >= LEVEL_SURPRISE else "forecast"
 
 
 @dataclass(frozen=True)
@@ -222,17 +227,14 @@ class Engine:
                 # The channel of whichever view made the score is the reason: levels and stuck runs rank
                 # above any forecast error (their surprise is set past every finite z).
                 surprise = np.nan_to_num(np.abs(z_res[f]), nan=0.0)
-                cause = np.full(surprise.shape, CAUSE_FORECAST, dtype=np.int8)
                 reference = expected[f].copy()
                 shifted &= ~stuck
                 sr = np.flatnonzero(shifted)
-                surprise[sr, level_channel[f][shifted]] = 1e30
-                cause[sr, level_channel[f][shifted]] = CAUSE_LEVEL
+                surprise[sr, level_channel[f][shifted]] = LEVEL_SURPRISE
                 reference[sr, level_channel[f][shifted]] = norm_mean[f][sr, level_channel[f][shifted]]
                 kr = np.flatnonzero(stuck)
                 surprise[kr, stuck_channel[f][stuck]] = np.inf
-                cause[kr, stuck_channel[f][stuck]] = CAUSE_STUCK
-                self._advance_alerts(result, rows[f], st, f, ts[f], x[f], reference, surprise, cause, s,
+                self._advance_alerts(result, rows[f], st, f, ts[f], x[f], reference, surprise, s,
                                      anomalous[f], err_mean_before, err_var_before)
 
         # Normalise, step the network and keep its forecast of the next reading.
@@ -271,7 +273,6 @@ class Engine:
         x: np.ndarray,
         expected: np.ndarray,
         surprise: np.ndarray,
-        cause: np.ndarray,
         score: np.ndarray,
         anomalous: np.ndarray,
         err_mean: np.ndarray,
@@ -295,7 +296,6 @@ class Engine:
             st.cause_channel[w] = channel[worse]
             st.cause_expected[w] = expected[pick[worse], channel[worse]]
             st.cause_seen[w] = x[pick[worse], channel[worse]]
-            st.cause_kind[w] = cause[pick[worse], channel[worse]]
 
         for i in np.flatnonzero(t.raised | t.cleared).tolist():
             j = int(idx[i])
@@ -304,7 +304,7 @@ class Engine:
                 event = AlertEvent(
                     AlertKind.RAISE, result.sensor_ids[rows[i]], float(ts[i]), float(ts[i]), float(score[i]),
                     int(st.cause_channel[j]), float(st.cause_expected[j]), float(st.cause_seen[j]),
-                    cause=CAUSES[int(st.cause_kind[j])],
+                    cause=_cause(float(st.cause_z[j])),
                     threshold_error=thresholds.error_threshold(float(err_mean[i]), float(err_var[i]), cfg.threshold),
                 )
                 self.stats.alerts_raised += 1

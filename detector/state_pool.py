@@ -44,7 +44,7 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "err_mean": ("f32", 1),  # long-window distribution of log(err_short)
     "err_var": ("f32", 1),
     "peak": ("f32", 1),  # highest score of the open episode
-    "cause_z": ("f32", 1),  # the most surprising reading of the current anomaly run ...
+    "cause_z": ("f32", 1),  # the most surprising reading of the current anomaly run (its size says which view) ...
     "norm_mean": ("f64", "C"),  # float64: a 1e6 offset must not swamp 1e-3 changes
     "last_value": ("f64", "C"),  # the previous reading, to see repeats
     "last_ts": ("f64", 1),
@@ -59,7 +59,6 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "active": ("i32", 1),  # an alert episode is open
     "calm": ("i32", 1),  # consecutive normal readings during an episode
     "cause_channel": ("i32", 1),  # ... its channel
-    "cause_kind": ("i32", 1),  # ... and which view scored it (engine.CAUSES)
 }
 _DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
 _NAN_ON_RESET = ("forecast", "forecast_logvar")
