@@ -21,7 +21,8 @@ import torch
 from detector import alerts, calibration, flatline, levels, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
-from detector.networks import GRUForecaster
+from detector.errors import ModelError
+from detector.networks import Network
 from detector.state_codec import StateCodec
 from detector.state_pool import Rows, StatePool
 from detector.validation import SCORED, RejectReason
@@ -92,7 +93,12 @@ class StepResult:
 class Engine:
     """Steps many sensors through one shared network, each with its own state."""
 
-    def __init__(self, network: GRUForecaster, config: DetectorConfig, channels: int, model_sha256: str = "") -> None:
+    def __init__(self, network: Network, config: DetectorConfig, channels: int, model_sha256: str = "") -> None:
+        if getattr(network, "target_offset", 1) != 1:
+            raise ModelError(
+                f"{type(network).__name__} scores readings {network.target_offset:+d} steps from the newest; this engine"
+                " scores forecasters only (target_offset +1): use a gru, lstm or rnn model"
+            )
         self.network = network.eval()
         self.config = config
         self.channels = channels

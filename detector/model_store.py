@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from detector.errors import ModelError
-from detector.networks import GRUForecaster, build_network
+from detector.networks import GRUForecaster, Network, build_network
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -37,7 +37,7 @@ class Model:
     """A network plus what is known about it."""
 
     name: str
-    network: GRUForecaster
+    network: Network
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 

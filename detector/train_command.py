@@ -1,8 +1,14 @@
-"""`hiddenstate train`: fit a forecaster on history and write a model directory.
+"""`hiddenstate train`: fit a network on history and write a model directory.
 
-`--synthetic SENSORS` trains on the anomaly-free simulated fleet; this is how the
-shipped `gru-default` model is made (see models/gru-default/MODEL_CARD.md).
-Files (CSV or JSON lines, as `replay` reads them) train on your own history.
+`--synthetic SENSORS` trains on the anomaly-free simulated fleet; this is how the shipped
+models are made (each card in models/*/MODEL_CARD.md gives its exact command). Files (CSV or
+JSON lines, as `replay` reads them) train on your own history; sensors may have histories of
+different lengths (padded, and masked out of the loss).
+
+A checkpoint (`checkpoint.pt` in the output directory) is written after every epoch; after an
+interruption, the same command with `--resume` carries on from it and ends with the same
+weights as an uninterrupted run. It is removed once the model is written (unless
+`--keep-checkpoint`).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import argparse
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,56 +25,105 @@ import torch
 from detector import __version__
 from detector.errors import InputFileError
 from detector.model_store import CARD, save_model
-from detector.training import TrainConfig, prepare, train
+from detector.networks import ACTIVATIONS
+from detector.training import Callbacks, EpochReport, TrainConfig, pad_lanes, prepare, train
+
+CHECKPOINT = "checkpoint.pt"
+MIN_READINGS = 16
+"""Sensors with fewer readings than this are not trained on."""
+
+SUMMARIES = {
+    "gru": "GRU forecaster with Gaussian head, channel-independent, shared across sensors",
+    "lstm": "LSTM forecaster with Gaussian head, channel-independent, shared across sensors",
+    "rnn": "Standard RNN ({activation}) forecaster with Gaussian head, channel-independent, shared across sensors",
+    "encdec": "Encoder-decoder GRU reconstructing the current reading from the last {window}, shared across sensors",
+    "bidir": "Bidirectional GRU scoring each reading after {lookahead} more, shared across sensors",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="*", type=Path, help="CSV or JSON-lines history (as for replay)")
-    parser.add_argument("--synthetic", type=int, metavar="SENSORS", help="train on a simulated clean fleet of this many sensors")
+    parser.add_argument("--synthetic", type=int, metavar="SENSORS",
+                        help="train on a simulated clean fleet of this many sensors")
     parser.add_argument("--steps", type=int, default=3000, help="steps per simulated sensor (default 3000)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--name", help="model name (default: the directory's name)")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden units per layer (default 32)")
-    parser.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    parser.add_argument("--chunk", type=int, default=64, help="TBPTT chunk length k1 = k2 (default 64)")
-    parser.add_argument("--epochs", type=int, default=8, help="most epochs; the best by validation loss is kept")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    arch = parser.add_argument_group("network")
+    arch.add_argument("--arch", choices=["gru", "lstm", "rnn", "encdec", "bidir"], default="gru",
+                      help="architecture (default gru); encdec and bidir need an engine that honours target_offset")
+    arch.add_argument("--activation", choices=ACTIVATIONS, default="tanh", help="rnn activation (default tanh)")
+    arch.add_argument("--negative-slope", type=float, default=0.01,
+                      help="leaky_relu slope, or prelu's initial learned slope (default 0.01)")
+    arch.add_argument("--hidden", type=int, default=32, help="hidden units per layer (default 32)")
+    arch.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
+    arch.add_argument("--window", type=int, default=32, help="encdec: readings per window (default 32)")
+    arch.add_argument("--lookahead", type=int, default=4, help="bidir: readings of look-ahead k (default 4)")
+    fit = parser.add_argument_group("fitting")
+    fit.add_argument("--k1", type=int, help="TBPTT: steps between parameter updates (default 64)")
+    fit.add_argument("--k2", type=int, help="TBPTT: steps backpropagated, >= k1 (default k1)")
+    fit.add_argument("--chunk", type=int, help="shorthand for --k1 N --k2 N")
+    fit.add_argument("--epochs", type=int, default=8, help="most epochs; the best by validation loss is kept")
+    fit.add_argument("--patience", type=int, default=3,
+                     help="stop after this many epochs without a better validation loss (default 3; 0: never)")
+    fit.add_argument("--batch-lanes", type=int, default=128, help="lanes (sensor channels) per batch (default 128)")
+    fit.add_argument("--lr", type=float, default=3e-3)
+    fit.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default 1.0)")
+    fit.add_argument("--val-fraction", type=float, default=0.1, help="share of sensors held out for validation")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--resume", action="store_true", help=f"continue from {CHECKPOINT} in --out")
+    fit.add_argument("--keep-checkpoint", action="store_true", help=f"keep {CHECKPOINT} after writing the model")
     parser.add_argument("--time-column", help="timestamp column (default: detected)")
-    parser.add_argument("--sensor-column", help="sensor id column (default: a column named sensor_id, else one sensor per file)")
+    parser.add_argument("--sensor-column",
+                        help="sensor id column (default: a column named sensor_id, else one sensor per file)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    k1 = args.k1 or args.chunk or 64
+    k2 = args.k2 or (args.chunk if args.chunk and not args.k1 else k1)
+    try:
+        return TrainConfig(
+            architecture=args.arch, hidden_size=args.hidden, layers=args.layers, activation=args.activation,
+            negative_slope=args.negative_slope, window=args.window, lookahead=args.lookahead, k1=k1, k2=k2,
+            epochs=args.epochs, batch_lanes=args.batch_lanes, lr=args.lr, clip=args.clip,
+            val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+        )
+    except ValueError as exc:
+        raise InputFileError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(
-        hidden_size=args.hidden, layers=args.layers, chunk=args.chunk, epochs=args.epochs, lr=args.lr, seed=args.seed
-    )
+    cfg = config_from_args(args)
+    lengths = groups = None
     if args.synthetic:
         from detector.synthetic import Fleet
 
         ts, values, _ = Fleet(args.synthetic, seed=args.seed + 1, anomaly_rate=0.0).run(args.steps)
         x, y = prepare(ts, values, cfg.norm_window)
-        data = {"source": "detector.synthetic.Fleet (anomaly-free)", "sensors": args.synthetic, "steps": args.steps}
+        data: dict[str, Any] = {"source": "detector.synthetic.Fleet (anomaly-free)", "sensors": args.synthetic,
+                                "steps": args.steps}
     elif args.files:
-        x, y, data = _from_files(args, cfg)
+        x, y, lengths, groups, data = _from_files(args, cfg)
     else:
         raise InputFileError("give history files or --synthetic SENSORS")
 
     from rich.console import Console
 
     console = Console(stderr=True)
-    console.print(f"training on {x.shape[0]} lanes × {x.shape[1]} steps")
-
-    def progress(epoch: int, epochs: int, train_loss: float, val_loss: float) -> None:
-        console.print(f"epoch {epoch}/{epochs}  train NLL {train_loss:.4f}  validation NLL {val_loss:.4f}")
-
+    steps = int(lengths.sum()) if lengths is not None else x.shape[0] * x.shape[1]
+    console.print(f"training {cfg.architecture} on {x.shape[0]} lanes, {steps} steps in all (longest {x.shape[1]})")
     name = args.name or args.out.name
-    model, metrics = train(x, y, cfg, name=name, progress=progress)
+    with RichProgress(console) as progress:
+        model, metrics = train(
+            x, y, cfg, name=name, callbacks=progress, lengths=lengths, groups=groups,
+            checkpoint=args.out / CHECKPOINT, resume=args.resume,
+        )
+    hp = model.network.hyperparameters
     model.meta.update(
-        summary="GRU forecaster with Gaussian head, channel-independent, shared across sensors",
+        summary=SUMMARIES[cfg.architecture].format(**hp),
         trained={
             "data": data,
             "config": vars(cfg),
-            "command": "hiddenstate train " + " ".join(_argv(args)),
+            "command": "hiddenstate train " + " ".join(_argv(args, cfg)),
             "hiddenstate": __version__,
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -76,65 +132,173 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
     )
     save_model(model, args.out)
-    (args.out / CARD).write_text(_card(model.meta))
-    console.print(f"wrote {args.out} ({model.model_id}); validation NLL {metrics['val_nll']}")
+    (args.out / CARD).write_text(card(model.meta, model.network))
+    if not args.keep_checkpoint:
+        (args.out / CHECKPOINT).unlink(missing_ok=True)
+    console.print(f"wrote {args.out} ({model.model_id}); validation NLL {metrics['val_nll']}, "
+                  f"MSE {metrics['val_mse']} (persistence {metrics['persistence_val_mse']})")
     return 0
 
 
-def _from_files(args: argparse.Namespace, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+class RichProgress(Callbacks):
+    """A progress bar over the batches of each epoch, and one line per finished epoch."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("batches  loss {task.fields[loss]}  best val {task.fields[best]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: Any = None
+        self.best = "—"
+
+    def __enter__(self) -> RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def start(self, first_epoch: int, epochs: int, batches: int) -> None:
+        if first_epoch > 1:
+            self.console.print(f"resuming at epoch {first_epoch}")
+        self.task = self.bar.add_task("train", total=batches, epoch=first_epoch, epochs=epochs, loss="—",
+                                      best=self.best)
+
+    def batch(self, epoch: int, done: int, batches: int, loss: float) -> None:
+        self.bar.update(self.task, completed=done, epoch=epoch, loss=f"{loss:.4f}")
+
+    def epoch(self, r: EpochReport) -> None:
+        self.best = f"{r.best_val_nll:.4f}"
+        mark = " *" if r.best_epoch == r.epoch else ""
+        self.console.print(f"epoch {r.epoch}/{r.epochs}  train NLL {r.train_nll:.4f}  validation NLL {r.val_nll:.4f}"
+                           f"{mark}  ({r.seconds:.1f} s)" + ("  — stopping early" if r.stopping else ""))
+        self.bar.update(self.task, completed=0, epoch=r.epoch + 1, best=self.best)
+
+
+def _from_files(
+    args: argparse.Namespace, cfg: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     from detector.readers import read_readings
 
-    xs, ys, rows = [], [], 0
+    parts, groups, rows, sensors, skipped = [], [], 0, 0, 0
     for path in args.files:
         readings = read_readings(path, time_column=args.time_column, sensor_column=args.sensor_column)
         ids = np.asarray(readings.sensor_ids)
         for sensor in dict.fromkeys(readings.sensor_ids):
             pick = ids == sensor
-            if pick.sum() < cfg.chunk + 1:
+            if pick.sum() < MIN_READINGS:
+                skipped += 1
                 continue
             x, y = prepare(readings.ts[pick], readings.values[pick][:, None, :], cfg.norm_window)
-            xs.append(x)
-            ys.append(y)
+            parts.append((x, y))
+            groups += [sensors] * x.shape[0]
+            sensors += 1
             rows += int(pick.sum())
-    if not xs:
-        raise InputFileError(f"no sensor in {', '.join(map(str, args.files))} has more than {cfg.chunk} readings")
-    length = min(x.shape[1] for x in xs)  # equal-length lanes; longer histories are cut at the end
-    x = np.concatenate([x[:, :length] for x in xs])
-    y = np.concatenate([y[:, :length] for y in ys])
-    return x, y, {"source": [str(p) for p in args.files], "rows": rows}
+    if sensors < 2:
+        raise InputFileError(f"{', '.join(map(str, args.files))}: training needs at least 2 sensors with "
+                             f"{MIN_READINGS} or more readings (one is held out for validation); found {sensors}")
+    x, y, lengths = pad_lanes(parts)
+    data = {"source": [str(p) for p in args.files], "rows": rows, "sensors": sensors, "skipped_short": skipped,
+            "lengths": [int(lengths.min()), int(lengths.max())]}
+    return x, y, lengths, np.asarray(groups), data
 
 
-def _argv(args: argparse.Namespace) -> list[str]:
+def _argv(args: argparse.Namespace, cfg: TrainConfig) -> list[str]:
     out = [str(p) for p in args.files]
-    for key in ("synthetic", "steps", "hidden", "layers", "chunk", "epochs", "lr", "seed"):
-        out += [f"--{key}", str(getattr(args, key))]
+    if args.synthetic:
+        out += ["--synthetic", str(args.synthetic), "--steps", str(args.steps)]
+    out += ["--arch", cfg.architecture]
+    if cfg.architecture == "rnn":
+        out += ["--activation", cfg.activation]
+        if cfg.activation in ("leaky_relu", "prelu"):
+            out += ["--negative-slope", str(cfg.negative_slope)]
+    if cfg.architecture == "encdec":
+        out += ["--window", str(cfg.window)]
+    if cfg.architecture == "bidir":
+        out += ["--lookahead", str(cfg.lookahead)]
+    out += ["--hidden", str(cfg.hidden_size), "--layers", str(cfg.layers), "--k1", str(cfg.k1), "--k2", str(cfg.k2),
+            "--epochs", str(cfg.epochs), "--patience", str(cfg.patience), "--lr", str(cfg.lr), "--seed", str(cfg.seed)]
+    if cfg.batch_lanes != 128:
+        out += ["--batch-lanes", str(cfg.batch_lanes)]
+    if cfg.clip != 1.0:
+        out += ["--clip", str(cfg.clip)]
+    if cfg.val_fraction != 0.1:
+        out += ["--val-fraction", str(cfg.val_fraction)]
+    for flag in ("time_column", "sensor_column"):
+        if getattr(args, flag):
+            out += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     return out + ["--out", str(args.out)]
 
 
-def _card(meta: dict) -> str:
-    t, m = meta["trained"], meta["metrics"]
-    hp = meta["hyperparameters"]
+def _what_it_is(hp: dict[str, Any]) -> str:
+    arch, layers, hidden = hp["architecture"], hp["layers"], hp["hidden_size"]
+    if arch == "encdec":
+        return (f"Encoder and decoder GRUs of {layers} layer(s) × {hidden} units over a window of the last "
+                f"{hp['window']} readings; it reconstructs the current reading (and, in training, the whole window)")
+    if arch == "bidir":
+        return (f"Forward and backward GRUs of {layers} layer(s) × {hidden} units; it estimates each reading from "
+                f"the readings before it and the {hp['lookahead']} after it, so scores come {hp['lookahead']} "
+                "readings late")
+    cell = {"gru": "GRU", "lstm": "LSTM", "rnn": f"standard RNN ({hp.get('activation')})"}[arch]
+    extra = ""
+    if hp.get("activation") == "leaky_relu":
+        extra = f", negative slope {hp['negative_slope']}"
+    elif hp.get("activation") == "prelu":
+        extra = f", learned negative slope per unit (initially {hp['negative_slope']})"
+    return (f"{cell}, {layers} layer(s) of {hidden} units{extra}; it forecasts the next normalised value "
+            "(as a change from the current one) and its log-variance")
+
+
+def card(meta: dict, network: Any) -> str:
+    t, m, hp = meta["trained"], meta["metrics"], meta["hyperparameters"]
+    c = t["config"]
+    state = network.state_size(1)
+    tbptt = f"k1 = k2 = {c['k1']}" if c["k1"] == c["k2"] else f"k1 = {c['k1']}, k2 = {c['k2']}"
+    stop = (f"stopped early after epoch {m['epochs_run']} (patience {c['patience']})" if m["stopped_early"]
+            else f"ran {m['epochs_run']} epoch(s)")
+    history = "\n".join(f"| {h['epoch']} | {h['train_nll']} | {h['val_nll']} |" for h in m["history"])
     return f"""# Model card: {meta['name']}
 
-**What it is.** {meta.get('summary', '')}. Architecture `{hp['architecture']}`, {hp['layers']} layer(s) of
-{hp['hidden_size']} units; input per channel: the normalised value and the log time-delta ratio; output: the
-next normalised value (as a change from the current one) and its log-variance. Weights are shared by all
-sensors and channels; each sensor keeps {hp['layers']}×{hp['hidden_size']} floats of hidden state per channel.
+**What it is.** {meta.get('summary', '')}. Architecture `{hp['architecture']}`: {_what_it_is(hp)}.
+Input per channel: the normalised value and the log time-delta ratio. Weights ({m['parameters']} parameters)
+are shared by all sensors and channels; each sensor keeps {state} floats ({4 * state} bytes) of network state per
+channel. Target offset {network.target_offset:+d} (look-ahead {network.lookahead} reading(s)).
 
 **Trained on.** {t['data']}.
 
-**How.** Truncated BPTT (k1 = k2 = {t['config']['chunk']}), Adam lr {t['config']['lr']}, gradient clipping
-{t['config']['clip']}, Gaussian negative log-likelihood, {t['config']['epochs']} epochs at most with the best
-validation epoch kept ({int(t['config']['val_fraction'] * 100)} % of lanes held out), seed {t['config']['seed']}.
-Reproduce with:
+**How.** Truncated BPTT ({tbptt}), Adam lr {c['lr']}, gradient clipping {c['clip']}, Gaussian negative
+log-likelihood, {c['batch_lanes']} lanes per batch, at most {c['epochs']} epochs; {stop}; the best validation
+epoch is kept ({int(c['val_fraction'] * 100)} % of sensors held out: {m['val_lanes']} lanes against {m['train_lanes']}
+for training), seed {c['seed']}. Reproduce with:
 
     {t['command']}
 
 (hiddenstate {t['hiddenstate']}, torch {t['torch']}, Python {t['python']}, {t['date']}.)
 
 **Scores.** Validation Gaussian NLL {m['val_nll']} (best epoch {m['best_epoch']}); validation MSE of the
-normalised next value {m['val_mse']} against {m['persistence_val_mse']} for "no change" (persistence).
-Training took {m['train_seconds']} s on one CPU thread.
+normalised target {m['val_mse']} against {m['persistence_val_mse']} for "no change" (the previous reading).
+Training took {m['train_seconds']} s of wall-clock time ({m.get('train_cpu_seconds', '?')} s of CPU) on one
+torch thread.
+
+| epoch | train NLL | validation NLL |
+|---|---|---|
+{history}
 
 **Checksum.** `weights.safetensors` SHA-256 `{meta['sha256']}` (verified at load).
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector import Detector, DetectorConfig, RejectReason
+from detector import Detector, DetectorConfig, Model, RejectReason
 from detector.alerts import AlertKind
 from tests.conftest import noisy_sine
 
@@ -238,3 +238,12 @@ def test_a_sustained_moderate_shift_raises_a_level_alert(small_model):
     assert abs(inside[0].expected) < 0.5 and inside[0].seen > 1.0  # usual level vs what was seen
     assert r.alerting[1000:1400].mean() > 0.5
     assert r.alerting[300:1000].mean() < 0.05
+
+
+def test_a_model_that_is_not_a_forecaster_is_refused_with_a_clear_error():
+    from detector import ModelError
+    from detector.networks import build_network
+
+    network = build_network({"architecture": "encdec", "hidden_size": 4, "window": 8})
+    with pytest.raises(ModelError, match="forecasters only"):
+        Detector(Model(name="ae", network=network), channels=1)
