@@ -17,14 +17,22 @@ of sensors whose partition went to another member (the new owner starts them
 fresh; restoring state comes with the state issue). A revocation first waits
 for the in-flight batch to be produced and committed.
 
-Lifecycle: `start()` connects (retrying with capped exponential backoff while
-the broker is unreachable), `run()` loops until `request_stop()`, `close()`
-flushes, leaves the group and closes. `serve()` wires signals and the grace period.
+Lifecycle: `start()` opens the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`,
+see consumers/metrics.py) and connects (retrying with capped exponential backoff
+while the broker is unreachable), `run()` loops until `request_stop()`, `close()`
+flushes, leaves the group, closes and stops the endpoints. `serve()` wires signals
+and the grace period.
+
+Health and readiness, as the endpoints report them: healthy while the event loop
+and (once `run()` started) the processing loop go round within
+`health_stall_seconds`; ready while `run()` runs, the group has assigned this
+member its partitions and the broker answered within `broker_stale_seconds`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -39,6 +47,8 @@ from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeEr
 
 from consumers.config import ServiceConfig
 from consumers.decode import ENGINE_DETAILS, Decoded, Decoder, DeadLetterReason
+from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics
+from detector import __version__
 from detector.engine import Engine, StepResult
 from detector.model_store import Model, load_model
 from detector.validation import SCORED, RejectReason
@@ -62,7 +72,7 @@ class Output:
 
 @dataclass
 class ServiceStats:
-    """Counts since start, for logs, tests and (later) metrics."""
+    """Counts since start, for logs, tests and metrics (read at scrape time, see consumers/metrics.py)."""
 
     consumed: int = 0
     scored: int = 0
@@ -74,6 +84,7 @@ class ServiceStats:
     produce_retries: int = 0
     dropped_sensors: int = 0
     connect_attempts: int = 0
+    rebalances: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -108,6 +119,19 @@ class ScoringService:
         self._stop = asyncio.Event()
         self._closed = False
         self._last_report = time.monotonic()
+        # observability: read by the HTTP thread, written only by the event loop
+        self.metrics = ServiceMetrics(self, __version__, self.model.model_id)
+        self._http: HttpEndpoints | None = None
+        self._ticker: asyncio.Task | None = None
+        self._tick: float | None = None  # monotonic time the event loop last went round (ticker task)
+        self._beat: float | None = None  # ... the processing loop last polled (None: run() not running)
+        self._beat_wall: float | None = None
+        self._running = False
+        self._assigned: frozenset[TopicPartition] | None = None  # None: no assignment (yet, or being revoked)
+        self._broker_ok: float | None = None  # monotonic time of the last successful broker round trip
+        self._broker_ok_wall: float | None = None
+        self._lag: dict[tuple[str, int], int] = {}
+        self._probe_now = asyncio.Event()
 
     # --- lifecycle ------------------------------------------------------------------
     @property
@@ -128,13 +152,24 @@ class ScoringService:
         await self.close()
 
     async def start(self) -> None:
-        """Connect consumer and producer, retrying with capped exponential backoff.
+        """Open the HTTP endpoints, then connect consumer and producer, retrying with capped exponential backoff.
 
         Raises StopRequested if a stop is requested while waiting, TimeoutError after
-        `start_timeout_seconds` (if set).
+        `start_timeout_seconds` (if set), OSError if the endpoints cannot listen on
+        `metrics_address:metrics_port`.
         """
         cfg = self.config
-        log.info("starting: %s model_id=%s", cfg.summary(), self.model.model_id)
+        log.info("starting: %s model_id=%s", cfg.summary(), self.model.model_id,
+                 extra={"model_id": self.model.model_id, "version": __version__})
+        self._start_observability()
+        try:
+            await self._connect()
+        except BaseException:
+            await self._stop_observability()
+            raise
+
+    async def _connect(self) -> None:
+        cfg = self.config
         delay = cfg.retry_initial_seconds
         started = time.monotonic()
         while True:
@@ -158,10 +193,148 @@ class ScoringService:
                 delay = min(delay * 2, cfg.retry_max_seconds)
                 continue
             self.consumer, self.producer = consumer, producer
+            self._broker_contact()
             consumer.subscribe(topics=list(cfg.input_topics), listener=_Rebalance(self))
             log.info("connected to %s; consuming %s as group %s", cfg.bootstrap_servers,
-                     ",".join(cfg.input_topics), cfg.group_id)
+                     ",".join(cfg.input_topics), cfg.group_id,
+                     extra={"attempts": self.stats.connect_attempts, "group": cfg.group_id})
             return
+
+    # --- observability ----------------------------------------------------------------
+    @property
+    def http_port(self) -> int | None:
+        """The port /metrics, /healthz and /readyz listen on (None when they are off or not started)."""
+        return self._http.port if self._http is not None else None
+
+    @property
+    def assigned_partitions(self) -> frozenset[TopicPartition] | None:
+        return self._assigned
+
+    @property
+    def consumer_lag(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> high watermark - position, as of the last broker probe."""
+        return self._lag
+
+    @property
+    def last_broker_contact(self) -> float | None:
+        """Unix time of the last successful round trip to the broker."""
+        return self._broker_ok_wall
+
+    @property
+    def last_poll_time(self) -> float | None:
+        """Unix time of the processing loop's last poll (None when run() is not running)."""
+        return self._beat_wall if self._running else None
+
+    def _start_observability(self) -> None:
+        cfg = self.config
+        if self._ticker is None:
+            self._tick = time.monotonic()
+            self._ticker = asyncio.create_task(self._tick_loop(), name="hiddenstate-ticker")
+        if cfg.metrics_enabled and self._http is None:
+            http = HttpEndpoints(self.metrics.registry, self.health, self.readiness)
+            try:
+                port = http.start(cfg.metrics_address, cfg.metrics_port)
+            except OSError as exc:
+                raise OSError(f"cannot serve metrics on {cfg.metrics_address}:{cfg.metrics_port}: {exc}") from exc
+            self._http = http
+            log.info("metrics, health and readiness on http://%s:%d (/metrics, /healthz, /readyz)",
+                     cfg.metrics_address, port, extra={"metrics_address": cfg.metrics_address, "metrics_port": port})
+
+    async def _stop_observability(self) -> None:
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        http, self._http = self._http, None
+        if http is not None:
+            await asyncio.to_thread(http.stop)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(0.5)
+
+    def _heartbeat(self) -> None:
+        self._beat = time.monotonic()
+        self._beat_wall = time.time()
+
+    def _broker_contact(self) -> None:
+        self._broker_ok = time.monotonic()
+        self._broker_ok_wall = time.time()
+
+    def health(self) -> tuple[bool, Checks]:
+        """Liveness: the event loop and, while `run()` runs, the processing loop go round."""
+        limit = self.config.health_stall_seconds
+        now = time.monotonic()
+        checks: Checks = {}
+        if self._tick is not None:
+            age = now - self._tick
+            checks["event_loop"] = (age <= limit, f"last turn {age:.1f}s ago (limit {limit:g}s)")
+        if self._running and self._beat is not None:
+            age = now - self._beat
+            checks["processing_loop"] = (age <= limit, f"last poll {age:.1f}s ago (limit {limit:g}s)")
+        return all(ok for ok, _ in checks.values()), checks
+
+    def readiness(self) -> tuple[bool, Checks]:
+        """Readiness: running, partitions assigned by the group, broker answered recently."""
+        cfg = self.config
+        checks: Checks = {}
+        if self.stopping:
+            checks["running"] = (False, "stopping")
+        else:
+            checks["running"] = (self._running, "processing" if self._running else "not processing yet")
+        assigned = self._assigned
+        if assigned is None:
+            checks["partitions"] = (False, "no partition assignment from the group yet")
+        else:
+            checks["partitions"] = (True, f"{len(assigned)} assigned: {_fmt_tps(assigned)}")
+        if self._broker_ok is None:
+            checks["broker"] = (False, "not reached yet")
+        else:
+            age = time.monotonic() - self._broker_ok
+            checks["broker"] = (age <= cfg.broker_stale_seconds,
+                                f"last answer {age:.1f}s ago (limit {cfg.broker_stale_seconds:g}s)")
+        return all(ok for ok, _ in checks.values()), checks
+
+    async def _probe_loop(self) -> None:
+        """Every `broker_probe_seconds` (and right after an assignment): measure the consumer lag.
+
+        The high watermarks come from a ListOffsets round trip, which is also the broker check of
+        /readyz; with no partition assigned a metadata request stands in for it.
+        """
+        while True:
+            await self._probe()
+            self._probe_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe_now.wait(), self.config.broker_probe_seconds)
+
+    async def _probe(self) -> None:
+        consumer = self.consumer
+        if consumer is None:
+            return
+        timeout = min(10.0, self.config.broker_stale_seconds)
+        assigned = sorted(consumer.assignment(), key=lambda t: (t.topic, t.partition))
+        try:
+            if assigned:
+                ends = await asyncio.wait_for(consumer.end_offsets(assigned), timeout)
+            else:
+                await asyncio.wait_for(consumer.topics(), timeout)
+                ends = {}
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.debug("broker probe failed: %s", _err(exc))
+            return
+        self._broker_contact()
+        lag: dict[tuple[str, int], int] = {}
+        for tp, end in ends.items():
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), timeout)
+            except (KafkaError, TimeoutError) as exc:  # revoked meanwhile, or no position yet
+                log.debug("no position for %s: %s", _fmt_tps([tp]), _err(exc))
+                continue
+            lag[(tp.topic, tp.partition)] = max(int(end) - int(position), 0)
+        current = self._assigned or frozenset()
+        self._lag = {k: v for k, v in lag.items() if TopicPartition(*k) in current}
 
     def _make_clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         cfg = self.config
@@ -185,47 +358,74 @@ class ScoringService:
         return consumer, producer
 
     async def close(self) -> None:
-        """Flush the producer, leave the group and close both clients (idempotent)."""
+        """Flush the producer, leave the group, close both clients and the endpoints (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        self._stop.set()  # not ready from here on
         consumer, producer = self.consumer, self.producer
-        if producer is not None:
-            try:
-                await producer.flush()
-            except KafkaError as exc:
-                log.warning("producer flush failed: %s", _err(exc))
-        await _quietly_stop(consumer, producer)
-        log.info("stopped: %s", self._report_line())
+        try:
+            if producer is not None:
+                try:
+                    await producer.flush()
+                except KafkaError as exc:
+                    log.warning("producer flush failed: %s", _err(exc))
+            await _quietly_stop(consumer, producer)
+        finally:
+            self._assigned = None
+            await self._stop_observability()
+        log.info("stopped: %s", self._report_line(), extra=self._report_fields())
 
     async def run(self) -> None:
         """Consume, score and produce until `request_stop()`; the in-flight batch always completes."""
         if self.consumer is None:
             raise RuntimeError("start() the service first")
         cfg = self.config
-        while not self._stop.is_set():
-            try:
-                records = await self.consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
-            except KafkaError as exc:
-                log.warning("poll failed: %s; retrying", _err(exc))
-                await self._sleep_unless_stopped(cfg.retry_initial_seconds, raise_on_stop=False)
-                continue
-            if records:
-                await self.process(records)
-            self._maybe_report()
+        self._heartbeat()
+        self._running = True
+        probe = asyncio.create_task(self._probe_loop(), name="hiddenstate-probe")
+        try:
+            while not self._stop.is_set():
+                self._heartbeat()
+                try:
+                    records = await self.consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+                except KafkaError as exc:
+                    log.warning("poll failed: %s; retrying", _err(exc))
+                    await self._sleep_unless_stopped(cfg.retry_initial_seconds, raise_on_stop=False)
+                    continue
+                if records:
+                    await self.process(records, polled_at=time.perf_counter())
+                self._maybe_report()
+        finally:
+            self._running = False
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
 
     # --- one batch ------------------------------------------------------------------
-    async def process(self, records: dict[TopicPartition, list]) -> None:
-        """Score one getmany batch, produce its outputs, wait for the acks, commit its offsets."""
+    async def process(self, records: dict[TopicPartition, list], polled_at: float | None = None) -> None:
+        """Score one getmany batch, produce its outputs, wait for the acks, commit its offsets.
+
+        polled_at: `time.perf_counter()` when the poll returned (default: now), for the latency histogram.
+        """
+        polled_at = time.perf_counter() if polled_at is None else polled_at
+        metrics = self.metrics
         async with self._lock:
             messages = [m for tp in sorted(records, key=lambda t: (t.topic, t.partition)) for m in records[tp]]
             if not messages:
                 return
             self.stats.consumed += len(messages)
+            metrics.batch_messages.observe(len(messages))
             decoded = self.decoder.decode([(m.key, m.value) for m in messages])
+            stepped = time.perf_counter()
             result = await self._score(decoded)
+            if result is not None:
+                metrics.engine_step.observe(time.perf_counter() - stepped)
             outputs = self._outputs(messages, decoded, result)
             await self._deliver(outputs)
+            metrics.processing_latency.observe(time.perf_counter() - polled_at)
+            if result is not None:
+                metrics.event_lag.observe_many(np.maximum(time.time() - result.ts[result.status == SCORED], 0.0))
             offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
             await self._commit(offsets)
             self.stats.batches += 1
@@ -307,7 +507,9 @@ class ScoringService:
                 headers = _source_headers(messages[i]) if i is not None else []
                 outputs.append(Output(cfg.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
                 self.stats.alerts += 1
-                log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score)
+                log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score,
+                         extra={"alert_kind": event.kind.value, "alert_id": event.alert_id,
+                                "sensor_id": event.sensor_id, "score": float(event.score)})
         self._prune_owners()
         return outputs
 
@@ -347,6 +549,7 @@ class ScoringService:
                         len(failed), len(pending), _err(errors[0]), delay)
             # not interrupted by a stop request: `serve` bounds a stuck batch by the grace period
             await asyncio.sleep(delay)
+            self._heartbeat()  # retrying with backoff is progress, not a stuck loop
             delay = min(delay * 2, cfg.retry_max_seconds)
             pending = failed
 
@@ -362,6 +565,7 @@ class ScoringService:
         try:
             await self.consumer.commit(mine)
             self.stats.commits += 1
+            self._broker_contact()
         except KafkaError as exc:
             # The batch will be consumed again (here or by the partition's next owner). Its sensors'
             # state already includes it: drop that state, or the redelivered readings would be
@@ -375,6 +579,7 @@ class ScoringService:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before a rebalance: wait until the in-flight batch is produced and committed."""
         async with self._lock:
+            self._assigned = None
             log.info("rebalance: partitions %s revoked (in-flight batch committed)", _fmt_tps(revoked))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -386,8 +591,12 @@ class ScoringService:
         async with self._lock:
             moved = {tp for tp in self._owner.values() if tp not in assigned}
             dropped = self._drop_partitions(moved)
+            self.stats.rebalances += 1
+            self._assigned = frozenset(assigned)
+            self._lag = {k: v for k, v in self._lag.items() if TopicPartition(*k) in assigned}
+            self._probe_now.set()  # measure the lag of the new partitions now
             log.info("assigned partitions: %s; dropped the state of %d sensor(s) on partitions now elsewhere",
-                     _fmt_tps(assigned), dropped)
+                     _fmt_tps(assigned), dropped, extra={"partitions": len(assigned), "dropped_sensors": dropped})
 
     def _drop_partitions(self, tps: set[TopicPartition]) -> int:
         """Forget the sensors last seen on these partitions; returns how many the engine held."""
@@ -420,7 +629,7 @@ class ScoringService:
         now = time.monotonic()
         if now - self._last_report >= every:
             self._last_report = now
-            log.info("progress: %s", self._report_line())
+            log.info("progress: %s", self._report_line(), extra=self._report_fields())
 
     def _report_line(self) -> str:
         s = self.stats
@@ -428,6 +637,13 @@ class ScoringService:
         sensors = len(self.engine.pool) if self.engine is not None else 0
         return (f"consumed={s.consumed} scored={s.scored} dead_lettered={dead} alerts={s.alerts} "
                 f"batches={s.batches} commits={s.commits} sensors={sensors}")
+
+    def _report_fields(self) -> dict[str, object]:
+        """The counts of the progress line as extra fields of a structured log record."""
+        fields = self.stats.as_dict()
+        fields["dead_lettered"] = sum(self.stats.dead_lettered.values())
+        fields["sensors"] = len(self.engine.pool) if self.engine is not None else 0
+        return fields
 
 
 async def serve(config: ServiceConfig, model: Model | None = None, install_signals: bool = True) -> int:
@@ -460,6 +676,9 @@ async def _serve(service: ScoringService, config: ServiceConfig) -> int:
         log.info("stopped before the broker could be reached")
         return 0
     except TimeoutError:  # start() logged why
+        return 2
+    except OSError as exc:  # the metrics port is taken, or the address is not ours
+        log.error("%s", exc)
         return 2
     run_task = asyncio.create_task(service.run(), name="hiddenstate-serve")
     stop_wait = asyncio.create_task(service._stop.wait())

@@ -5,13 +5,14 @@
 Settings come from `--config FILE` (`[service]` and `[detector]` tables), then
 HIDDENSTATE_* variables, then these flags; see docs/service.md. SIGTERM or
 SIGINT finishes the in-flight batch, commits, leaves the group and exits 0.
+Metrics, /healthz and /readyz: docs/metrics.md; logs: `--log-format json`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 
 from detector.cli import add_detector_arguments, config_from_args
@@ -35,21 +36,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="time to drain, commit and leave the group on SIGTERM/SIGINT (default 30)")
     kafka.add_argument("--start-timeout", type=float, metavar="SECONDS",
                        help="give up if the broker is unreachable this long at start (default: retry forever)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log level (default INFO); logs go to stderr")
+    obs = parser.add_argument_group("metrics, health, logs")
+    obs.add_argument("--metrics-address", metavar="ADDR",
+                     help="address of /metrics, /healthz, /readyz (default 0.0.0.0)")
+    obs.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="port of /metrics, /healthz, /readyz (default 9108; 0 = any free port)")
+    obs.add_argument("--log-level", default=os.environ.get("HIDDENSTATE_LOG_LEVEL", "INFO"),
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="log level (default INFO, or HIDDENSTATE_LOG_LEVEL); logs go to stderr")
+    obs.add_argument("--log-format", default=os.environ.get("HIDDENSTATE_LOG_FORMAT", "text"),
+                     choices=["text", "json"],
+                     help="text lines, or one JSON object per line (default text, or HIDDENSTATE_LOG_FORMAT)")
 
 
 def run(args: argparse.Namespace) -> int:
     from consumers.config import load_service_config
+    from consumers.logs import configure_logging
     from consumers.service import serve
+    from detector.errors import ConfigError
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.log_level != "DEBUG":
-        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     config = load_service_config(
         args.config,
         detector=config_from_args(args),
@@ -64,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
         poll_timeout_ms=args.poll_timeout_ms,
         grace_seconds=args.grace,
         start_timeout_seconds=args.start_timeout,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
     )
+    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR") or args.log_format not in ("text", "json"):
+        raise ConfigError(f"invalid HIDDENSTATE_LOG_LEVEL/HIDDENSTATE_LOG_FORMAT: {args.log_level}/{args.log_format}")
+    secrets = [config.sasl_password.get_secret_value()] if config.sasl_password is not None else []
+    configure_logging(args.log_level, args.log_format, secrets=secrets)
     return asyncio.run(serve(config))
 
 

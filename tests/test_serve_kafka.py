@@ -110,6 +110,7 @@ def reference(model: Model, messages: list[tuple[bytes, bytes]]):
 
 
 def service_config(bootstrap: str, topics: dict[str, str], group: str, **kw) -> ServiceConfig:
+    kw = {"metrics_address": "127.0.0.1", "metrics_port": 0, **kw}  # several services at once: any free port
     return ServiceConfig(
         bootstrap_servers=bootstrap,
         input_topics=[topics["in"]],
@@ -207,7 +208,7 @@ def _free_port() -> int:
 def test_broker_unreachable_at_start_retries_then_gives_up(model, caplog):
     port = _free_port()
     cfg = ServiceConfig(bootstrap_servers=f"127.0.0.1:{port}", retry_initial_seconds=0.1, retry_max_seconds=0.4,
-                        start_timeout_seconds=2.0, detector=DETECTOR)
+                        start_timeout_seconds=2.0, metrics_port=0, detector=DETECTOR)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="hiddenstate.serve"):
         rc = asyncio.run(serve(cfg, model, install_signals=False))
@@ -221,7 +222,8 @@ def test_broker_unreachable_at_start_retries_then_gives_up(model, caplog):
 
 
 def test_stop_while_waiting_for_the_broker_exits_cleanly(model):
-    cfg = ServiceConfig(bootstrap_servers=f"127.0.0.1:{_free_port()}", retry_initial_seconds=5, detector=DETECTOR)
+    cfg = ServiceConfig(bootstrap_servers=f"127.0.0.1:{_free_port()}", retry_initial_seconds=5, metrics_port=0,
+                        detector=DETECTOR)
 
     async def scenario():
         service = ScoringService(cfg, model)
@@ -242,6 +244,7 @@ def _serve_command(bootstrap: str, topics: dict[str, str], group: str, model_dir
         "--bootstrap", bootstrap, "--input-topic", topics["in"], "--scores-topic", topics["scores"],
         "--alerts-topic", topics["alerts"], "--dead-letter-topic", topics["dlq"], "--group", group,
         "--model", str(model_dir), "--max-batch", "50", "--poll-timeout-ms", "100", "--grace", "15",
+        "--metrics-address", "127.0.0.1", "--metrics-port", "0",
     ]
 
 
