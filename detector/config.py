@@ -42,7 +42,7 @@ class DetectorConfig(BaseModel):
     raise_n: int = Field(5, ge=1, le=32, description="Window (readings) for raise_k.")
     clear_m: int = Field(10, ge=1, le=60000, description="Consecutive normal readings that clear an alert.")
     level_window: float = Field(
-        120.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."
+        60.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."
     )
     stuck_after: int = Field(
         10, ge=2, le=60000, description="Shortest run of identical readings on a channel that can score as stuck."

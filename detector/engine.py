@@ -244,9 +244,15 @@ class Engine:
                                      anomalous[f], err_mean_before, err_var_before)
 
         # Normalise, step the network and keep its forecast of the next reading.
-        z, tfeat, st.norm_mean[:], st.norm_var[:], st.dt_mean[:] = normalise.observe(
+        z, tfeat, new_mean, new_var, st.dt_mean[:] = normalise.observe(
             norm_mean, norm_var, st.dt_mean, count, x, dt, cfg.norm_window, gap
         )
+        # While an alert is open the reference statistics hold still, so a sustained fault keeps looking like
+        # one; after `norm_window` readings of alert they move again, so a permanent change becomes normal.
+        alert_age = (ts - st.alert_start) / np.maximum(st.dt_mean, 1e-9)
+        frozen = ((st.active > 0) & (alert_age < cfg.norm_window))[:, None]
+        st.norm_mean[:] = np.where(frozen, norm_mean, new_mean)
+        st.norm_var[:] = np.where(frozen, norm_var, new_var)
         features = np.empty((rows.size, self.channels, 2), dtype=np.float32)
         features[:, :, 0] = z
         features[:, :, 1] = tfeat[:, None]

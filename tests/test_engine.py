@@ -247,3 +247,16 @@ def test_a_model_that_is_not_a_forecaster_is_refused_with_a_clear_error():
     network = build_network({"architecture": "encdec", "hidden_size": 4, "window": 8})
     with pytest.raises(ModelError, match="forecasters only"):
         Detector(Model(name="ae", network=network), channels=1)
+
+
+def test_a_permanent_change_becomes_normal_and_its_alert_clears(small_model):
+    rng = np.random.default_rng(5)
+    values = rng.normal(0, 1, (3000, 1))
+    values[1000:] += 4.0  # a new set point, for good
+    det = Detector(small_model, config=DetectorConfig(warmup=60, norm_window=200), channels=1)
+    r = det.score_arrays(["s"] * 3000, np.arange(3000.0), values)
+    raised = [e.ts for e in r.events if e.kind is AlertKind.RAISE and e.ts >= 1000]
+    cleared = [e.ts for e in r.events if e.kind is AlertKind.CLEAR and e.ts >= 1000]
+    assert raised and raised[0] < 1010
+    assert cleared and cleared[0] < 2000  # the reference moved on after ~norm_window readings of alert
+    assert not r.alerting[2500:].any()
