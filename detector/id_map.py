@@ -52,17 +52,8 @@ class IdMap:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Slot of each key, -1 where absent."""
-        out = np.full(keys.size, -1, dtype=np.int64)
-        mask = self._keys.size - 1
-        pending = np.arange(keys.size)
-        pos = keys & mask
-        while pending.size:
-            found = self._keys[pos]
-            hit = found == keys[pending]
-            out[pending[hit]] = self._slots[pos[hit]]
-            go_on = ~hit & (found != _EMPTY)
-            pending, pos = pending[go_on], (pos[go_on] + 1) & mask
-        return out
+        at = self._positions(keys)
+        return np.where(at >= 0, self._slots[np.maximum(at, 0)], -1).astype(np.int64)
 
     def insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Add keys that are not in the map yet (distinct) with their slots."""
@@ -73,18 +64,26 @@ class IdMap:
         self._used += keys.size
 
     def remove(self, keys: np.ndarray) -> None:
-        """Delete keys that are in the map."""
+        """Delete the keys that are in the map (others are ignored)."""
+        at = self._positions(keys)
+        at = at[at >= 0]
+        self._keys[at] = _TOMBSTONE
+        self._slots[at] = -1
+        self._live -= int(at.size)
+
+    def _positions(self, keys: np.ndarray) -> np.ndarray:
+        """Table position of each key, -1 where absent (linear probing until an empty entry)."""
+        out = np.full(keys.size, -1, dtype=np.int64)
         mask = self._keys.size - 1
         pending = np.arange(keys.size)
         pos = keys & mask
         while pending.size:
             found = self._keys[pos]
             hit = found == keys[pending]
-            self._keys[pos[hit]] = _TOMBSTONE
-            self._slots[pos[hit]] = -1
-            self._live -= int(hit.sum())
+            out[pending[hit]] = pos[hit]
             go_on = ~hit & (found != _EMPTY)
             pending, pos = pending[go_on], (pos[go_on] + 1) & mask
+        return out
 
     def _place(self, keys: np.ndarray, slots: np.ndarray) -> None:
         mask = self._keys.size - 1
