@@ -1,4 +1,4 @@
-"""The `hiddenstate` command: replay, demo, serve, train, models.
+"""The `hiddenstate` command: replay, demo, serve, produce, train, models.
 
 Each command lives in its own module exposing `add_arguments(parser)` and
 `run(args) -> int`; this module only wires them and the options they share.
@@ -18,6 +18,7 @@ COMMANDS = {
     "replay": ("detector.replay", "score CSV or JSON-lines files with the streaming engine"),
     "demo": ("detector.demo", "score a simulated fleet live, with injected anomalies"),
     "serve": ("detector.serve_command", "consume readings from Kafka, produce scores, alerts and dead letters"),
+    "produce": ("detector.produce_command", "replay CSV or JSON-lines files into a Kafka topic at a given rate"),
     "train": ("detector.train_command", "fit a model on history with truncated BPTT"),
     "models": ("detector.cli", "list the shipped models"),
 }

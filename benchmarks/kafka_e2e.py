@@ -1,0 +1,525 @@
+"""End to end through a real local Kafka broker: readings/s of `hiddenstate serve`, and produce→score latency.
+
+Starts its own broker with scripts/kafka.sh on a port of its own (default 29192/29193; stopped with
+--clean at the end), or uses `--bootstrap HOST:PORT` as is. Two phases, each on fresh topics and a
+fresh consumer group:
+
+(a) Throughput: N readings of S univariate sensors (one reading per message, keyed by sensor id,
+    in time order per sensor) are produced beforehand to an input topic of P partitions. Then the
+    `ScoringService` of consumers/service.py runs in this process from offset 0 until the group's
+    committed offsets reach the end of every partition. readings/s = N / (time of the last commit −
+    time of the first poll that returned records); the figure including connect and group join is
+    reported too. Every reading is scored, produced to the scores topic, acknowledged (acks=all)
+    and committed, exactly as in production.
+(b) Latency: with the service running and its partitions assigned, a separate load process offers
+    R readings/s for D seconds (paced against the wall clock) and reads the scores topic. Each
+    reading's send time (also in the message as `sent_at`) is matched to its score through the
+    score's `source_partition`/`source_offset` headers; latency = time the score was received −
+    time the reading was sent. The first `warm-up` seconds are left out; p50/p90/p99/max in ms.
+
+    .venv/bin/python benchmarks/kafka_e2e.py            # default run (< ~3 min), writes benchmarks/results/
+    .venv/bin/python benchmarks/kafka_e2e.py --quick    # ~30 s smoke run, writes to a temporary directory
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import platform  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from datetime import datetime, timezone  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+SCRIPT = ROOT / "scripts" / "kafka.sh"
+RESULTS = ROOT / "benchmarks" / "results"
+T0 = 1_700_000_000.0
+
+
+# ----------------------------------------------------------------------------- broker
+
+
+class Broker:
+    """scripts/kafka.sh on our own ports; stopped (with --clean) only if this run started it."""
+
+    def __init__(self, port: int, controller_port: int) -> None:
+        self.env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller_port)}
+        self.ours = False
+        self.bootstrap = f"127.0.0.1:{port}"
+
+    def start(self) -> str:
+        proc = subprocess.run([str(SCRIPT), "start"], env=self.env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise SystemExit(f"scripts/kafka.sh start failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+        self.bootstrap = proc.stdout.strip().splitlines()[-1]
+        self.ours = "already" not in proc.stderr and "not started by this script" not in proc.stderr
+        return self.bootstrap
+
+    def stop(self) -> None:
+        if self.ours:
+            subprocess.run([str(SCRIPT), "stop", "--clean"], env=self.env, capture_output=True, text=True,
+                           timeout=120)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def create_topics(bootstrap: str, partitions: int) -> dict[str, str]:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topics = {k: unique(f"bench-{k}") for k in ("in", "scores", "alerts", "dlq")}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topics["in"], partitions, 1), NewTopic(topics["scores"], partitions, 1),
+                                   NewTopic(topics["alerts"], 1, 1), NewTopic(topics["dlq"], 1, 1)])
+    finally:
+        await admin.close()
+    await asyncio.sleep(0.5)  # let the metadata settle
+    return topics
+
+
+def reading(sensor: int, step: int, sent_at: float | None = None) -> tuple[bytes, bytes]:
+    """Sensor `s{sensor}`'s `step`-th reading: a noisy per-sensor sine, ts every 10 s."""
+    sid = f"s{sensor:05d}"
+    value = 10.0 + 2.0 * np.sin(step / 8.0 + sensor * 0.37) + 0.05 * ((step * 7919 + sensor * 104729) % 17 - 8)
+    doc: dict[str, object] = {"sensor_id": sid, "ts": T0 + 10.0 * step, "value": float(value)}
+    if sent_at is not None:
+        doc["sent_at"] = sent_at
+    return sid.encode(), orjson.dumps(doc)
+
+
+def fast_producer(bootstrap: str):
+    from aiokafka import AIOKafkaProducer
+
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=262_144)
+
+
+# ----------------------------------------------------------------------------- service
+
+
+def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namespace):
+    from consumers.config import ServiceConfig
+    from detector.config import DetectorConfig
+
+    kw = {"max_batch": args.max_batch} if args.max_batch else {}
+    return ServiceConfig(
+        bootstrap_servers=bootstrap, input_topics=[topics["in"]], scores_topic=topics["scores"],
+        alerts_topic=topics["alerts"], dead_letter_topic=topics["dlq"], group_id=unique("bench-group"),
+        metrics_address="127.0.0.1", metrics_port=0, detector=DetectorConfig(channels=1, model=args.model), **kw,
+    )
+
+
+def instrument(service) -> dict[str, float | None]:
+    """Record the time of the first batch and of the latest commit (wrapping the instance's methods)."""
+    marks: dict[str, float | None] = {"first_batch": None, "last_commit": None}
+    process, commit = service.process, service._commit
+
+    async def timed_process(records, polled_at=None):
+        if marks["first_batch"] is None:
+            marks["first_batch"] = time.perf_counter() if polled_at is None else polled_at
+        await process(records, polled_at)
+
+    async def timed_commit(offsets):
+        await commit(offsets)
+        marks["last_commit"] = time.perf_counter()
+
+    service.process, service._commit = timed_process, timed_commit
+    return marks
+
+
+async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+
+# ----------------------------------------------------------------------------- (a) throughput
+
+
+async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
+    from aiokafka.errors import KafkaError
+
+    from consumers.service import ScoringService
+
+    topics = await create_topics(bootstrap, args.partitions)
+    n, sensors = args.readings, args.sensors
+    producer = fast_producer(bootstrap)
+    await producer.start()
+    started = time.perf_counter()
+    futures = []
+    ends: dict[int, int] = {}
+    try:
+        for i in range(n):
+            key, value = reading(i % sensors, i // sensors)
+            futures.append(await producer.send(topics["in"], value, key=key))
+            if len(futures) >= 20_000:
+                for meta in await asyncio.gather(*futures):
+                    ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+                futures = []
+        for meta in await asyncio.gather(*futures):
+            ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    finally:
+        await producer.stop()
+    produce_seconds = time.perf_counter() - started
+    print(f"  pre-produced {n:,} readings in {produce_seconds:.1f} s ({n / produce_seconds:,.0f}/s) "
+          f"over {len(ends)} partitions", flush=True)
+
+    cfg = service_config(bootstrap, topics, args)
+    service = ScoringService(cfg, model)
+    marks = instrument(service)
+    t_start = time.perf_counter()
+    await service.start()
+    task = asyncio.create_task(service.run())
+    try:
+        deadline = time.perf_counter() + args.timeout
+        while True:
+            try:
+                got = await committed(bootstrap, cfg.group_id, topics["in"])
+            except KafkaError as exc:  # the group coordinator may still be loading
+                if not exc.retriable:
+                    raise
+                got = {}
+            if got and all(got.get(p, 0) >= e for p, e in ends.items()):
+                break
+            if task.done():
+                task.result()
+                raise RuntimeError("the service stopped before committing everything")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"committed {got}, wanted {ends} after {args.timeout} s")
+            await asyncio.sleep(0.2)
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 60)
+        await service.close()
+    first, last = marks["first_batch"], marks["last_commit"]
+    assert first is not None and last is not None
+    stats = service.stats
+    return {
+        "readings": n,
+        "sensors": sensors,
+        "partitions": args.partitions,
+        "max_batch": cfg.max_batch,
+        "produce_seconds": produce_seconds,
+        "producer_readings_per_s": n / produce_seconds,
+        "seconds": last - first,
+        "readings_per_s": n / (last - first),
+        "seconds_with_join": last - t_start,
+        "readings_per_s_with_join": n / (last - t_start),
+        "join_seconds": first - t_start,
+        "scored": stats.scored,
+        "dead_lettered": sum(stats.dead_lettered.values()),
+        "batches": stats.batches,
+        "mean_batch": stats.consumed / max(stats.batches, 1),
+    }
+
+
+# ----------------------------------------------------------------------------- (b) latency
+
+
+async def _offer_and_measure(bootstrap: str, topics: dict[str, str], rate: float, duration: float,
+                             sensors: int, partitions: int, drain: float) -> dict:
+    """The load process: offer `rate` readings/s for `duration` s, read the scores, match them to sends."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=5, max_poll_records=5000)
+    await consumer.start()
+    tps = [TopicPartition(topics["scores"], p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    producer = fast_producer(bootstrap)
+    await producer.start()
+
+    sent_at: dict[tuple[int, int], float] = {}
+    received: dict[tuple[int, int], float] = {}
+    done_producing = asyncio.Event()
+    total = int(rate * duration)
+
+    async def read_scores() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    h = dict(r.headers or ())
+                    received[(int(h["source_partition"]), int(h["source_offset"]))] = now
+            if done_producing.is_set() and len(received) >= total:
+                return
+
+    async def offer() -> None:
+        pending: list[tuple[float, asyncio.Future]] = []
+
+        async def settle() -> None:
+            for t, meta in zip([p[0] for p in pending], await asyncio.gather(*[p[1] for p in pending])):
+                sent_at[(meta.partition, meta.offset)] = t
+            pending.clear()
+
+        start = time.time()
+        i = 0
+        while i < total:
+            due = min(total, int((time.time() - start) * rate) + 1)
+            while i < due:
+                now = time.time()
+                key, value = reading(i % sensors, i // sensors, sent_at=now)
+                pending.append((now, await producer.send(topics["in"], value, key=key)))
+                i += 1
+            if len(pending) >= 2000:
+                await settle()
+            await asyncio.sleep(0.001)
+        await settle()
+        done_producing.set()
+
+    reader = asyncio.create_task(read_scores())
+    offer_started = time.time()
+    await offer()
+    offered_seconds = time.time() - offer_started
+    try:
+        await asyncio.wait_for(reader, drain)
+    except asyncio.TimeoutError:
+        pass
+    await producer.stop()
+    await consumer.stop()
+
+    warm = offer_started + min(2.0, duration / 5)
+    lat = [(received[k] - t) * 1000.0 for k, t in sent_at.items() if t >= warm and k in received]
+    arr = np.asarray(lat)
+    return {
+        "offered": total,
+        "offered_seconds": offered_seconds,
+        "achieved_rate": total / offered_seconds,
+        "scored": len(received),
+        "missing": total - len(set(sent_at) & set(received)),
+        "measured": int(arr.size),
+        "warmup_seconds": min(2.0, duration / 5),
+        "p50_ms": float(np.percentile(arr, 50)) if arr.size else None,
+        "p90_ms": float(np.percentile(arr, 90)) if arr.size else None,
+        "p99_ms": float(np.percentile(arr, 99)) if arr.size else None,
+        "max_ms": float(arr.max()) if arr.size else None,
+        "mean_ms": float(arr.mean()) if arr.size else None,
+    }
+
+
+def _load_process(conn, *a) -> None:
+    try:
+        conn.send(asyncio.run(_offer_and_measure(*a)))
+    except BaseException as exc:  # noqa: BLE001 - report to the parent
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+async def latency(bootstrap: str, args: argparse.Namespace, model) -> dict:
+    from consumers.service import ScoringService
+
+    topics = await create_topics(bootstrap, args.partitions)
+    cfg = service_config(bootstrap, topics, args)
+    service = ScoringService(cfg, model)
+    await service.start()
+    task = asyncio.create_task(service.run())
+    try:
+        deadline = time.perf_counter() + 60
+        while len(service.assigned_partitions or ()) < args.partitions:
+            if time.perf_counter() > deadline:
+                raise TimeoutError("the service was not assigned its partitions within 60 s")
+            await asyncio.sleep(0.1)
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_load_process, args=(child, bootstrap, topics, args.rate, args.duration,
+                                                       args.sensors, args.partitions, 30.0))
+        proc.start()
+        child.close()
+        result = await asyncio.to_thread(parent.recv)
+        await asyncio.to_thread(proc.join, 30)
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 60)
+        await service.close()
+    if "error" in result:
+        raise RuntimeError(f"load process: {result['error']}")
+    result.update(rate=args.rate, duration=args.duration, sensors=args.sensors, partitions=args.partitions,
+                  max_batch=cfg.max_batch, linger_ms=cfg.linger_ms, poll_timeout_ms=cfg.poll_timeout_ms)
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict:
+    import aiokafka
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "aiokafka": aiokafka.__version__,
+        "kafka": os.environ.get("KAFKA_VERSION", "4.4.0"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def markdown(res: dict) -> str:
+    m, a, b = res["machine"], res["throughput"], res["latency"]
+    lines = [
+        "# Kafka end to end",
+        "",
+        f"- Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs, shared by the broker, the service and the load "
+        f"generator; load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}); "
+        f"Python {m['python']}, torch {m['torch']} (1 thread), aiokafka {m['aiokafka']}; Kafka {m['kafka']} single "
+        "node (KRaft) from scripts/kafka.sh on 127.0.0.1",
+        f"- Date: {m['date']}",
+        f"- Model: {res['model']}",
+        f"- Reproduce: `{res['command']}`",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| (a) throughput, first poll → last commit | **{a['readings_per_s']:,.0f} readings/s** "
+        f"({a['readings']:,} readings in {a['seconds']:.1f} s) |",
+        f"| (a) including connect + group join ({a['join_seconds']:.1f} s) | {a['readings_per_s_with_join']:,.0f} "
+        "readings/s |",
+        f"| (a) pre-produce rate (one aiokafka producer, for reference) | {a['producer_readings_per_s']:,.0f} "
+        "readings/s |",
+        f"| (b) offered rate | {b['rate']:,.0f} readings/s for {b['duration']:g} s (achieved "
+        f"{b['achieved_rate']:,.0f}/s) |",
+        f"| (b) produce → score latency p50 | **{b['p50_ms']:.1f} ms** |",
+        f"| (b) p90 / p99 / max | {b['p90_ms']:.1f} / **{b['p99_ms']:.1f}** / {b['max_ms']:.1f} ms |",
+        "",
+        f"- (a): {a['readings']:,} one-reading messages of {a['sensors']:,} univariate sensors, keyed by sensor id, "
+        f"on {a['partitions']} partitions, produced beforehand; the `ScoringService` (max_batch {a['max_batch']}, "
+        f"mean batch {a['mean_batch']:.0f} messages, {a['batches']} batches) consumed them from offset 0, scored "
+        f"every one ({a['scored']:,} scores, {a['dead_lettered']} dead letters), produced the scores (acks=all) "
+        "and committed. Time = first poll with records → the commit that reached the end offsets.",
+        f"- (b): a separate process offered the readings ({b['sensors']:,} sensors, {b['partitions']} partitions) "
+        "paced against the wall clock, and read the scores topic; latency = score received − reading sent, matched "
+        f"by the scores' source_partition/source_offset headers. {b['measured']:,} readings measured after "
+        f"{b['warmup_seconds']:g} s warm-up; {b['missing']} unmatched. Service defaults: linger_ms "
+        f"{b['linger_ms']}, poll_timeout_ms {b['poll_timeout_ms']}, max_batch {b['max_batch']}.",
+    ]
+    if b["missing"] or b["rate"] > a["readings_per_s"]:
+        lines.append(
+            f"- **Warning**: the offered rate is above what (a) sustained, or {b['missing']} readings had no score "
+            "within 30 s after the last send: the service fell behind, so the latency grew with the run and the "
+            "percentiles (of matched readings only) are a lower bound. Offer less than (a)'s rate."
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="~30 s smoke run; writes to a temporary directory")
+    p.add_argument("--readings", type=int, default=None, help="readings for (a) (default 200000; quick 30000)")
+    p.add_argument("--sensors", type=int, default=1000, help="sensors (default 1000)")
+    p.add_argument("--partitions", type=int, default=4, help="input (and scores) partitions (default 4)")
+    p.add_argument("--rate", type=float, default=None, help="offered readings/s for (b) (default 2000; quick 1000)")
+    p.add_argument("--duration", type=float, default=None, help="seconds of offered load for (b) (default 20; quick 5)")
+    p.add_argument("--max-batch", type=int, default=None, help="service max_batch (default: the service's, 500)")
+    p.add_argument("--model", default="gru-default", help="model (default gru-default)")
+    p.add_argument("--port", type=int, default=29192, help="broker port for scripts/kafka.sh (default 29192)")
+    p.add_argument("--controller-port", type=int, default=29193, help="controller port (default 29193)")
+    p.add_argument("--bootstrap", help="use this running broker instead of starting one")
+    p.add_argument("--timeout", type=float, default=300, help="give up on (a) after this many seconds")
+    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results; quick: temp)")
+    args = p.parse_args(argv)
+    if args.readings is None:
+        args.readings = 30_000 if args.quick else 200_000
+    if args.rate is None:
+        args.rate = 1_000.0 if args.quick else 2_000.0
+    if args.duration is None:
+        args.duration = 5.0 if args.quick else 20.0
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="kafka_e2e-")) if args.quick else RESULTS
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from detector.model_store import load_model, untrained
+
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # transient on a fresh broker (e.g. the group coordinator still loading); a real failure raises
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        model = load_model(args.model)
+    except Exception:  # noqa: BLE001 - speed does not depend on the weights
+        model = untrained(32, 1)
+    info = machine_info()
+    broker = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        broker = Broker(args.port, args.controller_port)
+        print(f"starting the broker on 127.0.0.1:{args.port} (scripts/kafka.sh)", flush=True)
+        bootstrap = broker.start()
+    try:
+        print("(a) throughput", flush=True)
+        a = asyncio.run(throughput(bootstrap, args, model))
+        print(f"  {a['readings_per_s']:,.0f} readings/s ({a['readings']:,} in {a['seconds']:.1f} s; "
+              f"{a['readings_per_s_with_join']:,.0f}/s with {a['join_seconds']:.1f} s connect+join)", flush=True)
+        print(f"(b) latency at {args.rate:,.0f} readings/s for {args.duration:g} s", flush=True)
+        b = asyncio.run(latency(bootstrap, args, model))
+        print(f"  p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms (achieved {b['achieved_rate']:,.0f}/s, "
+              f"{b['missing']} unmatched)", flush=True)
+        if b["missing"] or args.rate > a["readings_per_s"]:
+            print("  warning: offered more than the service sustains; latency is a backlog, see the notes", flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    argv_shown = sys.argv[1:] if argv is None else argv
+    res = {
+        "machine": info,
+        "model": model.model_id,
+        "command": " ".join([".venv/bin/python", "benchmarks/kafka_e2e.py", *map(shlex.quote, argv_shown)]),
+        "throughput": a,
+        "latency": b,
+    }
+    text = markdown(res)
+    print()
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kafka_e2e.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "kafka_e2e.md").write_text(text)
+    print(f"wrote {args.out / 'kafka_e2e.json'} and {args.out / 'kafka_e2e.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
