@@ -280,7 +280,7 @@ Input per channel: the normalised value and the log time-delta ratio. Weights ({
 are shared by all sensors and channels; each sensor keeps {state} floats ({4 * state} bytes) of network state per
 channel. Target offset {network.target_offset:+d} (look-ahead {network.lookahead} reading(s)).
 
-**Trained on.** {t['data']}.
+**Trained on.** {_describe_data(t['data'])}.
 
 **How.** Truncated BPTT ({tbptt}), Adam lr {c['lr']}, gradient clipping {c['clip']}, Gaussian negative
 log-likelihood, {c['batch_lanes']} lanes per batch, at most {c['epochs']} epochs; {stop}; the best validation
@@ -305,3 +305,11 @@ torch thread.
 **Limits.** Trained on simulated signals (seasonal, drifting, AR noise, regime steps); it knows nothing of any
 particular plant. Detection quality on real data is reported in docs/quality.md once measured.
 """
+
+
+def _describe_data(data: dict) -> str:
+    """The training data of a model card, in words."""
+    source = data.get("source")
+    if isinstance(source, list):
+        return f"{len(source)} file(s): {', '.join(source)}; {data.get('rows', '?')} rows"
+    return f"{source}: {data.get('sensors', '?')} sensors × {data.get('steps', '?')} steps"
