@@ -101,6 +101,32 @@ class ServiceConfig(BaseSettings):
         30.0, gt=0, description="/readyz fails when the broker has not answered for this long."
     )
 
+    # --- state checkpoints (see docs/state.md) ----------------------------------------
+    checkpoints_enabled: bool = Field(
+        True, description="Write changed sensor states to the changelog at each commit; restore them on assignment."
+    )
+    changelog_topic: str | None = Field(
+        None, min_length=1,
+        description="Compacted changelog topic of sensor states; None = `<group_id>.changelog` "
+                    "(`hiddenstate.changelog` with the default group). Created compacted if missing.",
+    )
+    changelog_replication_factor: int = Field(
+        1, ge=1, description="Replication factor used when the service creates the changelog topic.",
+    )
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once: outputs acked, then changelog, then offsets committed; exactly_once: outputs, "
+                    "changelog and offsets in one Kafka transaction (consumers read with read_committed).",
+    )
+    transactional_id: str | None = Field(
+        None, min_length=1,
+        description="exactly_once: the producer's transactional id, stable across restarts and unique per "
+                    "instance; None = `<group_id>-<client_id>`.",
+    )
+    restore_timeout_seconds: float = Field(
+        300.0, gt=0, description="Most time a restore from the changelog may take before it is abandoned.",
+    )
+
     # --- security (passed through to aiokafka) ---------------------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -141,6 +167,8 @@ class ServiceConfig(BaseSettings):
         if self.retry_initial_seconds > self.retry_max_seconds:
             raise ValueError("retry_initial_seconds cannot exceed retry_max_seconds")
         outputs = {self.scores_topic, self.alerts_topic, self.dead_letter_topic}
+        if self.checkpoints_enabled:
+            outputs.add(self.changelog_name)
         if outputs & set(self.input_topics):
             raise ValueError("an output topic cannot also be an input topic")
         if self.channel_names is not None:
@@ -152,6 +180,19 @@ class ServiceConfig(BaseSettings):
                     f"but detector.channels is {self.detector.channels}"
                 )
         return self
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    @property
+    def transactional_id_or_default(self) -> str:
+        return self.transactional_id or f"{self.group_id}-{self.client_id}"
+
+    @property
+    def changelog_name(self) -> str:
+        """The changelog topic: `changelog_topic`, or `<group_id>.changelog`."""
+        return self.changelog_topic or f"{self.group_id}.changelog"
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Connection and security keyword arguments shared by aiokafka's consumer and producer."""
@@ -190,6 +231,8 @@ class ServiceConfig(BaseSettings):
             f"alerts={self.alerts_topic} dlq={self.dead_letter_topic} group={self.group_id} "
             f"max_batch={self.max_batch} security={sec} model={self.detector.model} "
             f"threshold={self.detector.threshold} "
+            f"changelog={self.changelog_name if self.checkpoints_enabled else 'off'} "
+            f"guarantee={self.processing_guarantee} "
             f"metrics={f'{self.metrics_address}:{self.metrics_port}' if self.metrics_enabled else 'off'}"
         )
 

@@ -13,9 +13,14 @@ scored again (see docs/service.md for what duplicates look like).
 One `Engine` serves every assigned partition. Messages are keyed by sensor id,
 so a sensor's readings live in one partition; the service remembers which
 partition each sensor was last seen on and, after a rebalance, drops the state
-of sensors whose partition went to another member (the new owner starts them
-fresh; restoring state comes with the state issue). A revocation first waits
+of sensors whose partition went to another member. A revocation first waits
 for the in-flight batch to be produced and committed.
+
+State checkpoints (docs/state.md, consumers/checkpoints.py): before each commit the
+states of the sensors the batch changed go to a compacted changelog topic (partition =
+input partition), with a position marker per input partition; newly assigned partitions
+are restored from it before they are scored. `processing_guarantee="exactly_once"` puts
+outputs, changelog records and offsets in one Kafka transaction (`_transact`).
 
 Lifecycle: `start()` opens the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`,
 see consumers/metrics.py) and connects (retrying with capped exponential backoff
@@ -43,8 +48,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError, ProducerFenced
 
+from consumers.checkpoints import (
+    KIND_HEADER,
+    CheckpointMetrics,
+    CheckpointStats,
+    ensure_changelog,
+    marker_key,
+    read_changelog,
+)
 from consumers.config import ServiceConfig
 from consumers.decode import ENGINE_DETAILS, Decoded, Decoder, DeadLetterReason
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics
@@ -68,6 +81,7 @@ class Output:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    partition: int | None = None  # explicit partition (changelog records); None = by key
 
 
 @dataclass
@@ -110,7 +124,7 @@ class ScoringService:
         self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes)
         self.engine: Engine | None = None
         if self.decoder.channels is not None:
-            self.engine = Engine(self.model.network, config.detector, self.decoder.channels)
+            self.engine = self._new_engine(self.decoder.channels)
         self.stats = ServiceStats()
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -132,6 +146,14 @@ class ScoringService:
         self._broker_ok_wall: float | None = None
         self._lag: dict[tuple[str, int], int] = {}
         self._probe_now = asyncio.Event()
+        # state checkpoints (consumers/checkpoints.py, docs/state.md)
+        self.checkpoint_stats = CheckpointStats()
+        self.checkpoint_metrics = CheckpointMetrics(self.metrics.registry, self.checkpoint_stats)
+        self._touched: dict[str, TopicPartition] = {}  # sensors changed since the last checkpoint
+        self._held: set[TopicPartition] = set()  # partitions whose sensors' state this engine holds
+        self._changelog_partitions = 0
+        self._restoring = False
+        self._pending_states: dict[str, bytes] = {}  # restored before the engine existed (channels unknown)
 
     # --- lifecycle ------------------------------------------------------------------
     @property
@@ -178,6 +200,8 @@ class ScoringService:
             try:
                 await producer.start()
                 await consumer.start()
+                if cfg.checkpoints_enabled:
+                    self._changelog_partitions = await ensure_changelog(cfg)
             except KafkaError as exc:
                 await _quietly_stop(consumer, producer)
                 waited = time.monotonic() - started
@@ -289,6 +313,8 @@ class ScoringService:
             checks["partitions"] = (False, "no partition assignment from the group yet")
         else:
             checks["partitions"] = (True, f"{len(assigned)} assigned: {_fmt_tps(assigned)}")
+        if self._restoring:
+            checks["state"] = (False, "restoring sensor state from the changelog")
         if self._broker_ok is None:
             checks["broker"] = (False, "not reached yet")
         else:
@@ -347,15 +373,22 @@ class ScoringService:
             max_poll_records=cfg.max_batch,
             # a fetch never returns (much) more than a batch can hold
             max_partition_fetch_bytes=max(cfg.max_message_bytes * 4, 1_048_576),
+            isolation_level="read_committed" if cfg.exactly_once else "read_uncommitted",
         )
-        producer = AIOKafkaProducer(
+        return consumer, self._make_producer()
+
+    def _make_producer(self) -> AIOKafkaProducer:
+        cfg = self.config
+        common = cfg.kafka_client_kwargs()
+        txn = {"transactional_id": cfg.transactional_id_or_default} if cfg.exactly_once else {}
+        return AIOKafkaProducer(
             **common,
+            **txn,
             acks="all",
             enable_idempotence=True,
             linger_ms=cfg.linger_ms,
             max_request_size=max(1_048_576, cfg.max_message_bytes + 16_384),
         )
-        return consumer, producer
 
     async def close(self) -> None:
         """Flush the producer, leave the group, close both clients and the endpoints (idempotent)."""
@@ -422,11 +455,18 @@ class ScoringService:
             if result is not None:
                 metrics.engine_step.observe(time.perf_counter() - stepped)
             outputs = self._outputs(messages, decoded, result)
+            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
+            if self.config.exactly_once:
+                await self._transact(outputs, offsets)
+                metrics.processing_latency.observe(time.perf_counter() - polled_at)
+                self.stats.batches += 1
+                return
             await self._deliver(outputs)
             metrics.processing_latency.observe(time.perf_counter() - polled_at)
             if result is not None:
                 metrics.event_lag.observe_many(np.maximum(time.time() - result.ts[result.status == SCORED], 0.0))
-            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
+            if self.config.checkpoints_enabled:
+                await self._checkpoint(offsets)
             await self._commit(offsets)
             self.stats.batches += 1
 
@@ -435,7 +475,10 @@ class ScoringService:
         if rows.size == 0 or self.decoder.channels is None:
             return None
         if self.engine is None:
-            self.engine = Engine(self.model.network, self.config.detector, self.decoder.channels)
+            self.engine = self._new_engine(self.decoder.channels)
+            if self._pending_states:
+                pending, self._pending_states = self._pending_states, {}
+                self._import(list(pending), list(pending.values()))
             log.info("engine ready: %d channel(s)%s", self.decoder.channels,
                      f" {self.decoder.channel_names}" if self.decoder.channel_names else "")
         ids = [decoded.sensor_ids[i] for i in rows.tolist()]
@@ -481,6 +524,7 @@ class ScoringService:
             tp = TopicPartition(msg.topic, msg.partition)
             if self._owner.get(sensor) != tp:
                 self._owner[sensor] = tp
+            self._touched[sensor] = tp
             expected = result.expected[j].tolist()
             seen = decoded.values[i].tolist()
             doc = {
@@ -523,7 +567,8 @@ class ScoringService:
             futures: list[tuple[Output, asyncio.Future | BaseException]] = []
             for out in pending:
                 try:
-                    fut = await self.producer.send(out.topic, out.value, key=out.key, headers=out.headers)
+                    fut = await self.producer.send(out.topic, out.value, key=out.key, headers=out.headers,
+                                                   partition=out.partition)
                 except KafkaError as exc:
                     futures.append((out, exc))
                 else:
@@ -572,9 +617,190 @@ class ScoringService:
             # rejected as duplicates instead of scored again.
             self.stats.commit_failures += 1
             dropped = self._drop_partitions(set(mine))
+            self._held -= set(mine)  # restore them from the changelog if they come back
             log.warning("commit failed%s: %s; those messages will be consumed again "
                         "(dropped the state of %d sensor(s))",
                         " (group rebalanced)" if isinstance(exc, CommitFailedError) else "", _err(exc), dropped)
+
+    # --- state checkpoints ---------------------------------------------------------------
+    def _new_engine(self, channels: int) -> Engine:
+        return Engine(self.model.network, self.config.detector, channels, self.model.meta.get("sha256", ""))
+
+    async def _checkpoint(self, offsets: dict[TopicPartition, int]) -> None:
+        """Write the changed sensors' states and the batch's position markers to the changelog; await the acks.
+
+        Runs after the batch's outputs are acknowledged and before its offsets are committed: the
+        changelog is never behind the committed offsets (see docs/state.md).
+        """
+        started = time.perf_counter()
+        outputs, n_records, n_bytes = await self._checkpoint_outputs(offsets)
+        if not outputs:
+            return
+        await self._deliver(outputs)
+        self._count_checkpoint(n_records, n_bytes, started)
+
+    def _count_checkpoint(self, n_records: int, n_bytes: int, started: float) -> None:
+        stats = self.checkpoint_stats
+        stats.records += n_records
+        stats.bytes += n_bytes
+        stats.checkpoints += 1
+        self.checkpoint_metrics.checkpoint_duration.observe(time.perf_counter() - started)
+
+    async def _checkpoint_outputs(self, offsets: dict[TopicPartition, int]) -> tuple[list[Output], int, int]:
+        """The changelog records of the sensors changed since the last checkpoint, and the position markers."""
+        assert self.consumer is not None
+        cfg = self.config
+        topic = cfg.changelog_name
+        assigned = self.consumer.assignment()
+        touched, self._touched = self._touched, {}
+        sensors = [s for s, tp in touched.items() if tp in assigned and tp.partition < self._changelog_partitions]
+        outputs: list[Output] = []
+        if sensors and self.engine is not None:
+            records = await asyncio.to_thread(self.engine.export_state, sensors)
+            for sensor, record in zip(sensors, records):
+                if record is None:  # evicted meanwhile: nothing to keep (its old record restores an older state)
+                    continue
+                outputs.append(Output(topic, sensor.encode(), record, [], touched[sensor].partition))
+        n_records = len(outputs)
+        n_bytes = sum(len(o.value or b"") for o in outputs)
+        for tp, offset in offsets.items():
+            if tp in assigned and tp.partition < self._changelog_partitions:
+                outputs.append(Output(topic, marker_key(tp.topic), str(offset).encode(),
+                                      [(KIND_HEADER, b"offset")], tp.partition))
+        return outputs, n_records, n_bytes
+
+    async def _transact(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> None:
+        """exactly_once: outputs, changelog records and the consumed offsets in one transaction.
+
+        On a failure the transaction is aborted (read_committed readers never see its outputs), the
+        batch's partitions go back to their committed state: state restored from the changelog,
+        position at the committed offset; the batch is consumed and scored again.
+        """
+        assert self.consumer is not None and self.producer is not None
+        cfg = self.config
+        producer = self.producer
+        assigned = self.consumer.assignment()
+        mine = {tp: off for tp, off in offsets.items() if tp in assigned}
+        started = time.perf_counter()
+        ckpt, n_records, n_bytes = ([], 0, 0)
+        if cfg.checkpoints_enabled:
+            ckpt, n_records, n_bytes = await self._checkpoint_outputs(mine)
+        try:
+            await producer.begin_transaction()
+            futures = []
+            for out in [*outputs, *ckpt]:
+                futures.append(await producer.send(out.topic, out.value, key=out.key, headers=out.headers,
+                                                   partition=out.partition))
+            # every record acknowledged before the offsets join the transaction and it commits (aiokafka can
+            # commit a transaction whose batch failed; never let that happen)
+            for res in await asyncio.gather(*futures, return_exceptions=True):
+                if isinstance(res, BaseException):
+                    raise res
+            if mine:
+                await producer.send_offsets_to_transaction(mine, cfg.group_id)
+            await producer.commit_transaction()
+        except ProducerFenced as exc:
+            log.error("this instance was fenced by another with transactional id %s: %s; stopping",
+                      cfg.transactional_id_or_default, _err(exc))
+            self.stats.commit_failures += 1
+            self._drop_partitions(set(offsets))
+            self.request_stop()
+            raise
+        except KafkaError as exc:
+            self.stats.commit_failures += 1
+            with contextlib.suppress(KafkaError, AssertionError):  # AssertionError: aiokafka's fatal state
+                await producer.abort_transaction()
+            # a fresh producer (new epoch, fresh sequence numbers); its InitProducerId also aborts whatever
+            # the old one left open
+            await _quietly_stop(None, producer)
+            self.producer = self._make_producer()
+            await self.producer.start()
+            tps = set(mine)
+            dropped = self._drop_partitions(set(offsets))
+            log.warning("transaction failed: %s; aborted, the batch will be consumed again (dropped the state of %d "
+                        "sensor(s), restoring them from the changelog)", _err(exc), dropped)
+            if cfg.checkpoints_enabled and tps:
+                await self._restore(tps)
+            for tp in tps:
+                committed = await self.consumer.committed(tp)
+                if committed is None:
+                    if cfg.auto_offset_reset == "earliest":
+                        await self.consumer.seek_to_beginning(tp)
+                    else:
+                        await self.consumer.seek_to_end(tp)
+                else:
+                    self.consumer.seek(tp, committed)
+            await asyncio.sleep(cfg.retry_initial_seconds)
+            return
+        self.stats.commits += 1
+        self._broker_contact()
+        if cfg.checkpoints_enabled:
+            self._count_checkpoint(n_records, n_bytes, started)
+
+    async def _restore(self, tps: set[TopicPartition]) -> None:
+        """Restore the sensors of newly assigned partitions from the changelog, and seek to the markers."""
+        cfg = self.config
+        assert self.consumer is not None
+        parts = {tp.partition for tp in tps if tp.partition < self._changelog_partitions}
+        if not parts:
+            return
+        started = time.perf_counter()
+        self._restoring = True
+        try:
+            try:
+                restored = await read_changelog(cfg, parts, timeout=cfg.restore_timeout_seconds)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                log.error("restore from %s failed: %s; partitions %s start with fresh state",
+                          cfg.changelog_name, _err(exc), _fmt_tps(tps))
+                return
+            by_partition = {}
+            for tp in sorted(tps, key=lambda t: (t.topic, t.partition)):
+                by_partition.setdefault(tp.partition, tp)
+            ids = list(restored.states)
+            records = [restored.states[s][1] for s in ids]
+            for s in ids:
+                self._owner[s] = by_partition[restored.states[s][0]]
+            report = self._import(ids, records)
+            seeks = []
+            for tp in tps:
+                marker = restored.markers.get(tp)
+                if marker is None:
+                    continue
+                committed = await self.consumer.committed(tp)
+                if committed is None or committed < marker:
+                    self.consumer.seek(tp, marker)
+                    seeks.append(f"{tp.topic}[{tp.partition}]:{committed}->{marker}")
+            elapsed = time.perf_counter() - started
+            self.checkpoint_metrics.restore_duration.observe(elapsed)
+            self.checkpoint_stats.restores += 1
+            log.info("restored state of partitions %s from %s in %.2fs: %d record(s) read, %d sensor(s) restored, "
+                     "%d model_changed, %d refused%s", _fmt_tps(tps), cfg.changelog_name, elapsed,
+                     restored.records_read, report[0], report[1], report[2],
+                     f"; positions ahead of the committed offsets: {', '.join(seeks)}" if seeks else "",
+                     extra={"restored": report[0], "model_changed": report[1], "refused": report[2],
+                            "restore_seconds": round(elapsed, 3)})
+            if report[2]:
+                log.warning("%d changelog record(s) refused (other format, layout or channel count): "
+                            "those sensors start fresh", report[2])
+        finally:
+            self._restoring = False
+
+    def _import(self, ids: list[str], records: list[bytes]) -> tuple[int, int, int]:
+        """Import states into the engine (or keep them until it exists); returns (restored, model_changed, refused)."""
+        if not ids:
+            return 0, 0, 0
+        if self.engine is None:
+            self._pending_states.update(zip(ids, records))
+            return len(ids), 0, 0
+        report = self.engine.import_state(ids, records)
+        stats = self.checkpoint_stats
+        stats.restored += report.restored
+        stats.model_changed += report.model_changed
+        stats.refused += report.refused
+        if report.model_changed:
+            log.warning("%d sensor state(s) were written under other model weights: statistics kept, hidden state "
+                        "restarted", report.model_changed)
+        return report.restored, report.model_changed, report.refused
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Before a rebalance: wait until the in-flight batch is produced and committed."""
@@ -591,6 +817,12 @@ class ScoringService:
         async with self._lock:
             moved = {tp for tp in self._owner.values() if tp not in assigned}
             dropped = self._drop_partitions(moved)
+            self._touched = {s: tp for s, tp in self._touched.items() if tp in assigned}
+            if self.config.checkpoints_enabled:
+                new = set(assigned) - self._held
+                if new:
+                    await self._restore(new)
+            self._held = set(assigned)
             self.stats.rebalances += 1
             self._assigned = frozenset(assigned)
             self._lag = {k: v for k, v in self._lag.items() if TopicPartition(*k) in assigned}

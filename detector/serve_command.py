@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="time to drain, commit and leave the group on SIGTERM/SIGINT (default 30)")
     kafka.add_argument("--start-timeout", type=float, metavar="SECONDS",
                        help="give up if the broker is unreachable this long at start (default: retry forever)")
+    kafka.add_argument("--changelog-topic", metavar="TOPIC",
+                       help="compacted topic of sensor state checkpoints (default <group>.changelog)")
+    kafka.add_argument("--no-checkpoints", dest="checkpoints_enabled", action="store_const", const=False,
+                       default=None, help="neither write nor restore sensor state checkpoints")
+    kafka.add_argument("--processing-guarantee", choices=["at_least_once", "exactly_once"],
+                       help="at_least_once (default) or exactly_once (Kafka transactions); see docs/state.md")
+    kafka.add_argument("--transactional-id", metavar="ID",
+                       help="exactly_once: transactional id, stable per instance (default <group>-<client-id>)")
     obs = parser.add_argument_group("metrics, health, logs")
     obs.add_argument("--metrics-address", metavar="ADDR",
                      help="address of /metrics, /healthz, /readyz (default 0.0.0.0)")
@@ -69,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         poll_timeout_ms=args.poll_timeout_ms,
         grace_seconds=args.grace,
         start_timeout_seconds=args.start_timeout,
+        changelog_topic=args.changelog_topic,
+        checkpoints_enabled=args.checkpoints_enabled,
+        processing_guarantee=args.processing_guarantee,
+        transactional_id=args.transactional_id,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
     )
