@@ -54,6 +54,7 @@ import torch  # noqa: E402
 from detector import Detector, calibration  # noqa: E402
 from detector.errors import ModelError  # noqa: E402
 from detector.model_store import Model, load_model, untrained  # noqa: E402
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SENSORS = [1_000, 10_000, 100_000, 1_000_000]
@@ -332,14 +333,7 @@ def fill(det: Detector, stream: Stream) -> None:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         import river
 

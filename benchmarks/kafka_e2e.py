@@ -48,6 +48,7 @@ import orjson  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import cpu_model  # noqa: E402
 SCRIPT = ROOT / "scripts" / "kafka.sh"
 RESULTS = ROOT / "benchmarks" / "results"
 T0 = 1_700_000_000.0
@@ -374,14 +375,7 @@ def machine_info() -> dict:
     import aiokafka
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
