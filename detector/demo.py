@@ -75,7 +75,7 @@ class DemoSnapshot:
 
 @dataclass(frozen=True)
 class KindQuality:
-    """Detection of one kind of injected anomaly."""
+    """Detection of injected anomalies (of one kind, or of all: `DemoReport` extends it)."""
 
     injected: int
     """Injected during the run."""
@@ -88,16 +88,18 @@ class KindQuality:
 
     @property
     def recall(self) -> float:
+        """Event-level recall: fraction of evaluated injected anomalies with an alert raised in their window."""
         return self.caught / self.evaluated if self.evaluated else float("nan")
 
     @property
     def recall_during(self) -> float:
+        """Like `recall`, but only alerts raised before the anomaly ended count (no grace)."""
         return self.caught_during / self.evaluated if self.evaluated else float("nan")
 
 
 @dataclass(frozen=True)
-class DemoReport:
-    """The figures of a finished demo run."""
+class DemoReport(KindQuality):
+    """The figures of a finished demo run; the inherited counts are over all injected anomalies."""
 
     model_id: str
     sensors: int
@@ -109,10 +111,6 @@ class DemoReport:
     alerts_cleared: int
     open_at_end: int
     grace: int
-    injected: int
-    evaluated: int
-    caught: int
-    caught_during: int
     true_alerts: int
     """Raised alerts that fall in the window [start, end + grace) of an injected anomaly of their sensor."""
     median_delay: float
@@ -122,16 +120,6 @@ class DemoReport:
     @property
     def readings_per_second(self) -> float:
         return self.readings / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def recall(self) -> float:
-        """Event-level recall: fraction of evaluated injected anomalies with an alert raised in their window."""
-        return self.caught / self.evaluated if self.evaluated else float("nan")
-
-    @property
-    def recall_during(self) -> float:
-        """Like `recall`, but only alerts raised before the anomaly ended count (no grace)."""
-        return self.caught_during / self.evaluated if self.evaluated else float("nan")
 
     @property
     def precision(self) -> float:
