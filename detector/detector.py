@@ -11,6 +11,7 @@ hidden state; the network's weights stay fixed (train them with `hiddenstate tra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,16 @@ class Score:
 
     sensor_id: str
     ts: float
-    score: float
+    score: float  # of the reading at `scored_ts`
     is_anomaly: bool
     alerting: bool
     expected: tuple[float, ...]
     residual: tuple[float, ...]
     rejected: RejectReason | None
     events: tuple[AlertEvent, ...]
+    scored_ts: float = math.nan
+    """The time of the reading scored: `ts` itself, except with a look-ahead model (`Detector.delay` k), whose
+    scores come k readings late: then the sensor's reading k before this one, and NaN until it has one."""
 
 
 class Detector:
@@ -82,6 +86,7 @@ class Detector:
             residual=tuple(result.residual[0].tolist()),
             rejected=result.reason(0),
             events=tuple(result.events),
+            scored_ts=float(result.target_ts[0]),
         )
 
     def score_many(self, sensor_ids: Sequence[object], timestamps: Sequence[object], values: Sequence[object]) -> StepResult:
@@ -105,6 +110,11 @@ class Detector:
         if self._engine is None:
             self._engine = Engine(self.model.network, self.config, values.shape[1], self.model.meta.get("sha256", ""))
         return self._engine.step(sensor_ids, ts, values, status)
+
+    @property
+    def delay(self) -> int:
+        """Readings a sensor's score comes after its reading: the model's look-ahead (0 but for `bidir`)."""
+        return self.model.network.lookahead
 
     def forget(self, sensor_ids: Sequence[str]) -> int:
         """Drop the state of these sensors; returns how many were held."""

@@ -63,12 +63,16 @@ class RestoreReport:
 class StepResult:
     """Outputs for one batch, row i for input row i.
 
-    status: 0 if scored, else a RejectReason value.
-    expected: the forecast the reading was compared with (NaN before a sensor has one).
+    status: 0 if the reading was accepted, else a RejectReason value.
+    target_ts: the time of the reading that row i's score is for: `ts[i]` itself, except with a look-ahead
+        model (`delay` k > 0), where accepting a reading releases the sensor's reading k before it for
+        scoring; NaN where nothing was scored (rejected rows; the first k readings after a reset).
+    seen: the values of that reading.
+    expected: what the network expected it to be (NaN before a sensor has an estimate).
     residual: seen − expected per channel.
     score: calibrated score in [0, 1] (0 for rejected rows and a sensor's first reading).
     anomalous: the reading crossed the threshold (after warm-up).
-    alerting: the sensor's alert is open after this reading.
+    alerting: the sensor's alert is open after this row.
     events: alert raise/clear events, in input order.
     """
 
@@ -81,9 +85,17 @@ class StepResult:
     anomalous: np.ndarray
     alerting: np.ndarray
     events: list[AlertEvent]
+    target_ts: np.ndarray
+    seen: np.ndarray
+    delay: int = 0
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
+
+    @property
+    def released(self) -> np.ndarray:
+        """Rows that carry a score (of the reading at `target_ts`)."""
+        return ~np.isnan(self.target_ts)
 
     def reason(self, i: int) -> RejectReason | None:
         code = int(self.status[i])
@@ -94,15 +106,17 @@ class Engine:
     """Steps many sensors through one shared network, each with its own state."""
 
     def __init__(self, network: Network, config: DetectorConfig, channels: int, model_sha256: str = "") -> None:
-        if getattr(network, "target_offset", 1) != 1:
-            raise ModelError(
-                f"{type(network).__name__} scores readings {network.target_offset:+d} steps from the newest; this engine"
-                " scores forecasters only (target_offset +1): use a gru, lstm or rnn model"
-            )
+        offset = getattr(network, "target_offset", 1)
+        if offset > 1:
+            raise ModelError(f"{type(network).__name__} estimates the reading {offset} steps ahead; the engine scores"
+                             " forecasts of the next reading (+1), reconstructions (0) or look-ahead estimates (-k)")
         self.network = network.eval()
         self.config = config
         self.channels = channels
-        self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity)
+        self.delay: int | None = None if offset == 1 else -offset
+        """None for a forecaster; else how many readings later a reading is scored (0 for encdec)."""
+        self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
+                              lookahead=self.delay or 0)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -134,6 +148,9 @@ class Engine:
             anomalous=np.zeros(n, dtype=bool),
             alerting=np.zeros(n, dtype=bool),
             events=[],
+            target_ts=np.full(n, np.nan),
+            seen=np.full((n, self.channels), np.nan),
+            delay=self.delay or 0,
         )
         self._check_stateless(result, values)
         rows = np.flatnonzero(status == SCORED)
@@ -189,90 +206,152 @@ class Engine:
 
         gap = seen & (dt > cfg.max_gap)
         if gap.any():
-            st.hidden[gap] = 0.0
+            st.hidden[gap] = 0.0  # for a look-ahead model this also drops its pending readings: never scored
             st.since_reset[gap] = 0
             st.forecast[gap] = np.nan
             st.forecast_logvar[gap] = np.nan
             self.stats.gap_resets += int(gap.sum())
 
-        # Score the reading against the forecast made at the previous one, in the frame of the
-        # statistics as they are now (they were updated at the previous reading).
-        has_forecast = (st.since_reset > 0) & (count >= calibration.MIN_READINGS)
-        norm_mean, norm_var = st.norm_mean.copy(), st.norm_var.copy()
-        std_before = normalise.scale(norm_mean, norm_var)
-        expected = norm_mean + std_before * st.forecast
-        expected_std = std_before * np.exp(0.5 * st.forecast_logvar)
-        z_res, err = calibration.standardised_error(x, expected, expected_std)
-        st.repeats[:], st.run_mean[:], stuck_score, stuck_channel = flatline.update(
-            st.last_value, st.repeats, st.run_mean, x, seen, cfg.stuck_after
-        )
-        st.last_value[:] = x
-        z_level = np.clip((x - norm_mean) / std_before, -normalise.Z_CLIP, normalise.Z_CLIP)
-        st.level[:], st.level_spread[:], level_score, level_channel = levels.update(
-            st.level, st.level_spread, z_level, count, cfg.level_window, cfg.long_window
-        )
-        score = np.zeros(rows.size, dtype=np.float32)
-        anomalous = np.zeros(rows.size, dtype=bool)
-        if has_forecast.any():
-            f = np.flatnonzero(has_forecast) if not has_forecast.all() else slice(None)
-            err_mean_before, err_var_before = st.err_mean[f], st.err_var[f]
-            s, st.err_short[f], st.err_mean[f], st.err_var[f] = calibration.score(
-                err[f], st.err_short[f], err_mean_before, err_var_before, st.scored[f],
-                cfg.short_window, cfg.long_window,
-            )
-            st.scored[f] += 1
-            # The reading's score is the largest of three views: forecast error, shifted level, stuck value.
-            shifted = level_score[f] > s
-            s = np.maximum(s, level_score[f])
-            stuck = stuck_score[f] > s
-            s = np.maximum(s, stuck_score[f])
-            score[f] = s
-            anomalous[f] = thresholds.is_anomalous(s, count[f] + 1, cfg.warmup, cfg.threshold)
-            # Alert state can only change where something is anomalous or an alert is open.
-            if anomalous.any() or st.flags[f].any() or st.active[f].any():
-                # The channel of whichever view made the score is the reason: levels and stuck runs rank
-                # above any forecast error (their surprise is set past every finite z).
-                surprise = np.nan_to_num(np.abs(z_res[f]), nan=0.0)
-                reference = expected[f].copy()
-                shifted &= ~stuck
-                sr = np.flatnonzero(shifted)
-                surprise[sr, level_channel[f][shifted]] = LEVEL_SURPRISE
-                reference[sr, level_channel[f][shifted]] = norm_mean[f][sr, level_channel[f][shifted]]
-                kr = np.flatnonzero(stuck)
-                surprise[kr, stuck_channel[f][stuck]] = np.inf
-                self._advance_alerts(result, rows[f], st, f, ts[f], x[f], reference, surprise, s,
-                                     anomalous[f], err_mean_before, err_var_before)
+        # The reading's frame: the statistics as they are before it (they were updated at the previous reading).
+        mean, var = st.norm_mean.copy(), st.norm_var.copy()
+        std = normalise.scale(mean, var)
+        if self.delay is None:
+            # A forecaster: score the reading against the forecast made at the previous one, then forecast the next.
+            has_forecast = (st.since_reset > 0) & (count >= calibration.MIN_READINGS)
+            expected = mean + std * st.forecast
+            expected_std = std * np.exp(0.5 * st.forecast_logvar)
+            self._score(result, rows, st, slice(None), ts, x, mean, std, expected, expected_std, count, has_forecast)
+            st.forecast[:], st.forecast_logvar[:] = self._observe(st, ts, x, dt, count, gap, mean, var)
+        else:
+            # A reconstruction or look-ahead model: its estimate is of the reading `delay` back (this one for
+            # delay 0), which leaves the pending line now and is scored in the frame it was seen in.
+            k = self.delay
+            ready = st.since_reset >= k  # the network has seen the released reading (not before a reset)
+            estimate, logvar = self._observe(st, ts, x, dt, count, gap, mean, var)
+            r_ts, r_x, r_mean, r_std = self._release(st, ts, x, mean, std)
+            r = np.flatnonzero(ready)
+            if r.size:
+                count_r = count[r] - k
+                expected = r_mean[r] + r_std[r] * estimate[r]
+                expected_std = r_std[r] * np.exp(0.5 * logvar[r])
+                self._score(result, rows[r], st, r, r_ts[r], r_x[r], r_mean[r], r_std[r], expected, expected_std,
+                            count_r, count_r >= calibration.MIN_READINGS)
+        st.count[:] = count + 1
+        st.since_reset += 1
+        st.last_ts[:] = ts
+        pool.scatter(slots, st)
+        result.alerting[rows] = st.active > 0
+        self.stats.scored += int(rows.size)
 
-        # Normalise, step the network and keep its forecast of the next reading.
+    def _observe(
+        self, st: Rows, ts: np.ndarray, x: np.ndarray, dt: np.ndarray, count: np.ndarray, gap: np.ndarray,
+        mean: np.ndarray, var: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalise the readings, update the statistics and step the network: its (estimate, log-variance)."""
+        cfg = self.config
         z, tfeat, new_mean, new_var, st.dt_mean[:] = normalise.observe(
-            norm_mean, norm_var, st.dt_mean, count, x, dt, cfg.norm_window, gap
+            mean, var, st.dt_mean, count, x, dt, cfg.norm_window, gap
         )
         # While an alert is open the reference statistics hold still, so a sustained fault keeps looking like
         # one; after `norm_window` readings of alert they move again, so a permanent change becomes normal.
         alert_age = (ts - st.alert_start) / np.maximum(st.dt_mean, 1e-9)
         frozen = ((st.active > 0) & (alert_age < cfg.norm_window))[:, None]
-        st.norm_mean[:] = np.where(frozen, norm_mean, new_mean)
-        st.norm_var[:] = np.where(frozen, norm_var, new_var)
-        features = np.empty((rows.size, self.channels, 2), dtype=np.float32)
+        st.norm_mean[:] = np.where(frozen, mean, new_mean)
+        st.norm_var[:] = np.where(frozen, var, new_var)
+        features = np.empty((len(ts), self.channels, 2), dtype=np.float32)
         features[:, :, 0] = z
         features[:, :, 1] = tfeat[:, None]
         started = time.perf_counter()
-        pred, logvar, hidden = self.network.step(torch.from_numpy(features), torch.from_numpy(st.hidden))
+        estimate, logvar, hidden = self.network.step(torch.from_numpy(features), torch.from_numpy(st.hidden))
         self.stats.network_seconds += time.perf_counter() - started
         st.hidden[:] = hidden.numpy()
-        st.forecast[:] = pred.numpy()
-        st.forecast_logvar[:] = logvar.numpy()
-        st.count[:] = count + 1
-        st.since_reset += 1
-        st.last_ts[:] = ts
-        pool.scatter(slots, st)
+        return estimate.numpy(), logvar.numpy()
 
+    def _release(
+        self, st: Rows, ts: np.ndarray, x: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Append this reading to each sensor's pending line and take the oldest off: (ts, values, mean, std)."""
+        k, c = self.delay, self.channels
+        if k == 0:
+            return ts, x, mean, std
+        out = st.pending_ts[:, 0].copy(), st.pending_values[:, :c].copy(), st.pending_mean[:, :c].copy(), \
+            st.pending_std[:, :c].copy()
+        for line, new, width in ((st.pending_ts, ts[:, None], 1), (st.pending_values, x, c),
+                                 (st.pending_mean, mean, c), (st.pending_std, std, c)):
+            line[:, :-width] = line[:, width:]
+            line[:, -width:] = new
+        return out
+
+    def _score(
+        self,
+        result: StepResult,
+        rows: np.ndarray,
+        st: Rows,
+        r: np.ndarray | slice,
+        ts: np.ndarray,
+        x: np.ndarray,
+        mean: np.ndarray,
+        std: np.ndarray,
+        expected: np.ndarray,
+        expected_std: np.ndarray,
+        count: np.ndarray,
+        has_forecast: np.ndarray,
+    ) -> None:
+        """Score readings (rows `r` of `st`) seen at `ts` with values `x` in the frame (mean, std), against the
+        network's `expected` ± `expected_std`; advance the level, stuck-value and alert state.
+
+        `count` is the sensor's readings before each one; `has_forecast` marks those the network view scores.
+        """
+        cfg = self.config
+        n = len(ts)
+        z_res, err = calibration.standardised_error(x, expected, expected_std)
+        st.repeats[r], st.run_mean[r], stuck_score, stuck_channel = flatline.update(
+            st.last_value[r], st.repeats[r], st.run_mean[r], x, count > 0, cfg.stuck_after
+        )
+        st.last_value[r] = x
+        z_level = np.clip((x - mean) / std, -normalise.Z_CLIP, normalise.Z_CLIP)
+        st.level[r], st.level_spread[r], level_score, level_channel = levels.update(
+            st.level[r], st.level_spread[r], z_level, count, cfg.level_window, cfg.long_window
+        )
+        score = np.zeros(n, dtype=np.float32)
+        anomalous = np.zeros(n, dtype=bool)
+        if has_forecast.any():
+            h = slice(None) if has_forecast.all() else np.flatnonzero(has_forecast)  # positions in this call
+            f = r if isinstance(h, slice) else np.arange(len(st))[r][h]  # their rows of st
+            err_mean_before, err_var_before = st.err_mean[f], st.err_var[f]
+            s, st.err_short[f], st.err_mean[f], st.err_var[f] = calibration.score(
+                err[h], st.err_short[f], err_mean_before, err_var_before, st.scored[f],
+                cfg.short_window, cfg.long_window,
+            )
+            st.scored[f] += 1
+            # The reading's score is the largest of three views: forecast error, shifted level, stuck value.
+            shifted = level_score[h] > s
+            s = np.maximum(s, level_score[h])
+            stuck = stuck_score[h] > s
+            s = np.maximum(s, stuck_score[h])
+            score[h] = s
+            anomalous[h] = thresholds.is_anomalous(s, count[h] + 1, cfg.warmup, cfg.threshold)
+            # Alert state can only change where something is anomalous or an alert is open.
+            if anomalous.any() or st.flags[f].any() or st.active[f].any():
+                # The channel of whichever view made the score is the reason: levels and stuck runs rank
+                # above any forecast error (their surprise is set past every finite z).
+                surprise = np.nan_to_num(np.abs(z_res[h]), nan=0.0)
+                reference = expected[h].copy()
+                shifted &= ~stuck
+                sr = np.flatnonzero(shifted)
+                surprise[sr, level_channel[h][shifted]] = LEVEL_SURPRISE
+                reference[sr, level_channel[h][shifted]] = mean[h][sr, level_channel[h][shifted]]
+                kr = np.flatnonzero(stuck)
+                surprise[kr, stuck_channel[h][stuck]] = np.inf
+                self._advance_alerts(result, rows[h], st, f, ts[h], x[h], reference, surprise, s,
+                                     anomalous[h], err_mean_before, err_var_before)
+
+        result.target_ts[rows] = ts
+        result.seen[rows] = x
         result.expected[rows] = expected
         result.residual[rows] = x - expected
         result.score[rows] = score
         result.anomalous[rows] = anomalous
-        result.alerting[rows] = st.active > 0
-        self.stats.scored += int(rows.size)
         self.stats.anomalous += int(anomalous.sum())
 
     def _advance_alerts(

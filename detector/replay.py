@@ -169,14 +169,24 @@ def replay_files(
     started = time.perf_counter()
     offset = 0
     for readings in files:
+        index: dict[tuple[str, float], int] = {}  # (sensor, ts) -> row, to place a look-ahead model's late scores
+        if det.delay:
+            for row, key in enumerate(zip(readings.sensor_ids, readings.ts.tolist())):
+                index.setdefault(key, row)
         for start in range(0, len(readings), batch):
             stop = min(start + batch, len(readings))
             out = det.score_arrays(
                 readings.sensor_ids[start:stop], readings.ts[start:stop], readings.values[start:stop]
             )
-            rows = slice(offset + start, offset + stop)
-            status[rows], score[rows], anomalous[rows] = out.status, out.score, out.anomalous
-            alerting[rows], expected[rows] = out.alerting, out.expected
+            status[offset + start : offset + stop] = out.status
+            released = np.flatnonzero(out.released)
+            if out.delay:  # a look-ahead model scores each sensor's reading `delay` readings back
+                targets = offset + np.array([index[(out.sensor_ids[j], out.target_ts[j])] for j in released.tolist()],
+                                            dtype=np.int64)
+            else:
+                targets = offset + start + released
+            score[targets], anomalous[targets] = out.score[released], out.anomalous[released]
+            alerting[targets], expected[targets] = out.alerting[released], out.expected[released]
             events.extend(dataclasses.replace(e, channel_name=names[e.channel]) for e in out.events)
             if progress is not None:
                 progress(offset + stop, total)
@@ -272,8 +282,7 @@ def _fmt(value: float, how: Callable[[float], str]) -> str:
 def write_alerts(result: ReplayResult, path: Path) -> None:
     """Alert events as JSON lines of AlertEvent.as_dict(), channel named."""
     with open(path, "wb") as handle:
-        for event in result.events:
-            handle.write(orjson.dumps(event.as_dict()) + b"\n")
+        handle.writelines(orjson.dumps(event.as_dict()) + b"\n" for event in result.events)
 
 
 def print_summary(result: ReplayResult, outputs: list[tuple[str, Path]], console: object | None = None) -> None:

@@ -30,7 +30,8 @@ import numpy as np
 from detector.id_map import IdMap, hash_ids
 from detector.validation import MAX_SENSOR_ID_LENGTH
 
-# name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor.
+# name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor,
+# "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead.
 _FIELDS: dict[str, tuple[str, int | str]] = {
     "hidden": ("f32", "S"),
     "norm_var": ("f32", "C"),
@@ -59,6 +60,12 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "active": ("i32", 1),  # an alert episode is open
     "calm": ("i32", 1),  # consecutive normal readings during an episode
     "cause_channel": ("i32", 1),  # ... its channel
+    # Readings waiting for a look-ahead model's k later readings (k = 0 for forecasters: no columns), oldest
+    # first: each one's time, values and the normalisation frame it was seen in, to score it when it is released.
+    "pending_ts": ("f64", "K"),
+    "pending_values": ("f64", "KC"),
+    "pending_mean": ("f64", "KC"),
+    "pending_std": ("f32", "KC"),
 }
 _DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
 _NAN_ON_RESET = ("forecast", "forecast_logvar")
@@ -94,12 +101,15 @@ class Rows:
 class StatePool:
     """Sensor id -> slot map plus the packed state of every slot."""
 
-    def __init__(self, state_size: int, channels: int, capacity: int, initial_capacity: int = 1024) -> None:
+    def __init__(
+        self, state_size: int, channels: int, capacity: int, initial_capacity: int = 1024, lookahead: int = 0
+    ) -> None:
         self.state_size = state_size
         self.channels = channels
+        self.lookahead = lookahead
         self.capacity = capacity
         self.stats = PoolStats()
-        self._layout, widths = _layout(state_size, channels)
+        self._layout, widths = _layout(state_size, channels, lookahead)
         self._widths = widths
         self._blocks: dict[str, np.ndarray] = {}
         self._key_of = np.zeros(0, dtype=np.int64)  # id hash held by each slot; 0 = free
@@ -258,8 +268,11 @@ class StatePool:
             self._push_free(slots)
 
 
-def _layout(state_size: int, channels: int) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
+def _layout(
+    state_size: int, channels: int, lookahead: int = 0
+) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
     """Column of each field in its block, and each block's width."""
+    sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels}
     layout: dict[str, tuple[str, slice | int]] = {}
     widths = {b: 0 for b in _DTYPES}
     for name, (block, width) in _FIELDS.items():
@@ -268,7 +281,7 @@ def _layout(state_size: int, channels: int) -> tuple[dict[str, tuple[str, slice 
             layout[name] = (block, start)
             widths[block] += 1
         else:
-            n = state_size if width == "S" else channels
+            n = sizes[width]
             layout[name] = (block, slice(start, start + n))
             widths[block] += n
     return layout, widths

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector import Detector, DetectorConfig, Model, RejectReason
+from detector import Detector, DetectorConfig, RejectReason
 from detector.alerts import AlertKind
 from tests.conftest import noisy_sine
 
@@ -68,7 +68,7 @@ def test_results_do_not_depend_on_batching(small_model, seed, channels, cuts):
         np.testing.assert_allclose([a[2], b[2]], [c[2], c[2]], atol=1e-5)
         assert a[3] == b[3] == c[3] and a[4] == b[4] == c[4]
         np.testing.assert_allclose(np.stack([a[5], b[5]]), np.stack([c[5], c[5]]), rtol=1e-5, atol=1e-5 * 10.0 ** int(a[0][1:]))
-    key = lambda e: (e.sensor_id, e.ts, e.kind)  # noqa: E731
+    key = lambda e: (e.sensor_id, e.ts, e.kind)
     assert sorted(map(key, events_single)) == sorted(map(key, events_batched))
 
 
@@ -238,15 +238,6 @@ def test_a_sustained_moderate_shift_raises_a_level_alert(small_model):
     assert abs(inside[0].expected) < 0.5 and inside[0].seen > 1.0  # usual level vs what was seen
     assert r.alerting[1000:1400].mean() > 0.5
     assert r.alerting[300:1000].mean() < 0.05
-
-
-def test_a_model_that_is_not_a_forecaster_is_refused_with_a_clear_error():
-    from detector import ModelError
-    from detector.networks import build_network
-
-    network = build_network({"architecture": "encdec", "hidden_size": 4, "window": 8})
-    with pytest.raises(ModelError, match="forecasters only"):
-        Detector(Model(name="ae", network=network), channels=1)
 
 
 def test_a_permanent_change_becomes_normal_and_its_alert_clears(small_model):

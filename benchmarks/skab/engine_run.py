@@ -63,7 +63,7 @@ def score_files(
             det = Detector(model or config.model, config=config, channels=channels)
             model_id = det.model.model_id
             r = det.score_arrays([f.key] * len(f), f.ts, f.values)
-            _store(out, slice(None), r)
+            _store(out, r)
     else:
         det = Detector(model or config.model, config=config, channels=channels)
         model_id = det.model.model_id
@@ -78,8 +78,11 @@ def score_files(
             )
             for j, i in enumerate(live):
                 out = outs[i]
-                out.score[k], out.anomalous[k], out.alerting[k] = r.score[j], r.anomalous[j], r.alerting[j]
-                out.residual[k], out.status[k] = r.residual[j], r.status[j]
+                out.status[k] = r.status[j]
+                if r.released[j]:  # a look-ahead model's score is for the row `delay` back
+                    t = k - r.delay
+                    out.score[t], out.anomalous[t], out.alerting[t] = r.score[j], r.anomalous[j], r.alerting[j]
+                    out.residual[t] = r.residual[j]
             for e in r.events:
                 outs[index[e.sensor_id]].events.append(e)
     seconds = time.perf_counter() - started
@@ -89,7 +92,10 @@ def score_files(
     return outs, seconds, model_id
 
 
-def _store(out: EngineOutput, rows: slice, r) -> None:  # noqa: ANN001 - a StepResult
-    out.score[rows], out.anomalous[rows], out.alerting[rows] = r.score, r.anomalous, r.alerting
-    out.residual[rows], out.status[rows] = r.residual, r.status
+def _store(out: EngineOutput, r) -> None:
+    """A whole file's result; a look-ahead model's scores are for the rows `delay` back."""
+    out.status[:] = r.status
+    n = len(r) - r.delay
+    out.score[:n], out.anomalous[:n], out.alerting[:n] = r.score[r.delay:], r.anomalous[r.delay:], r.alerting[r.delay:]
+    out.residual[:n] = r.residual[r.delay:]
     out.events.extend(r.events)
