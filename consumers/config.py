@@ -71,6 +71,10 @@ class ServiceConfig(BaseSettings):
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this are dead-lettered as too_large, not parsed."
     )
+    max_readings_per_message: int = Field(
+        10_000, ge=1, le=1_000_000,
+        description="A batched message with more readings than this is dead-lettered whole as too_many_readings.",
+    )
     linger_ms: int = Field(5, ge=0, le=10_000, description="Producer linger: how long outputs wait to be batched.")
     grace_seconds: float = Field(
         30.0, gt=0, description="On SIGTERM/SIGINT: time to finish the batch, flush, commit and leave the group."

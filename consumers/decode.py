@@ -1,10 +1,17 @@
 """Kafka messages (key, value bytes) to the engine's arrays, and why a message cannot be scored.
 
-Accepted values (JSON objects, decoded with orjson):
+Accepted values (JSON, decoded with orjson): one reading per message,
 
     {"sensor_id": "pump-7", "ts": 1700000000.5, "value": 3.2}
     {"sensor_id": "pump-7", "ts": 1700000000500, "values": [3.2, 41.0]}
     {"ts": "2023-11-14T22:13:20Z", "values": {"temp": 41.0, "flow": 3.2}}
+
+or a batch of readings per message, either an array of reading objects or one
+sensor's readings under `readings` (a reading's own `sensor_id` wins over the
+envelope's, which wins over the key):
+
+    [{"sensor_id": "pump-7", "ts": 1700000000, "value": 3.2}, {"sensor_id": "fan-2", ...}]
+    {"sensor_id": "pump-7", "readings": [{"ts": 1700000000, "value": 3.2}, {"ts": 1700000001, "value": 3.3}]}
 
 - sensor id: the `sensor_id` field, else the message key (UTF-8);
 - ts: epoch seconds, epoch milliseconds (any number above 1e11) or an ISO-8601
@@ -13,8 +20,10 @@ Accepted values (JSON objects, decoded with orjson):
   channel name. The names are fixed by `channel_names`, else by the sorted keys
   of the first object seen; an object with another key set is `wrong_channels`.
 
-Decoding never raises: every message gets either a row for the engine or a
-`DeadLetterReason` with a human-readable detail.
+Decoding never raises: every reading gets a row, either for the engine or with a
+`DeadLetterReason` and a human-readable detail. A message that cannot be read at all
+(not JSON, too large, empty or over-long batch) is one dead row; a bad reading in a
+batch is dead on its own, its siblings are scored.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from detector.validation import SCORED, RejectReason, coerce_sensor_id, coerce_t
 
 MS_THRESHOLD = 1e11  # a numeric ts above this is epoch milliseconds (1e11 s is the year 5138)
 MAX_CHANNELS = 1024
+MAX_READINGS_PER_MESSAGE = 10_000
 
 
 class DeadLetterReason(str, Enum):
@@ -42,6 +52,7 @@ class DeadLetterReason(str, Enum):
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
     TOO_LARGE = "too_large"
+    TOO_MANY_READINGS = "too_many_readings"
     # the engine's reasons (RejectReason.label)
     NOT_NUMERIC = "not_numeric"
     NOT_FINITE = "not_finite"
@@ -72,12 +83,16 @@ ENGINE_DETAILS = {
 
 @dataclass
 class Decoded:
-    """One batch of messages, row i for message i.
+    """One batch of messages as rows, one per reading, in message order (and reading order within a message).
 
     sensor_ids/ts/values/status: the engine's inputs (status: 0 or a RejectReason found while decoding);
     rows whose `dead[i]` is set never reach the engine.
-    dead: (reason, detail) of messages rejected before the engine, else None.
+    dead: (reason, detail) of readings rejected before the engine, else None.
     details: a detail for rows rejected with a RejectReason while decoding.
+    message: the index of the row's message in the decoded list.
+    index: the reading's position in its batched message; -1 for a one-reading message, or a message
+        dead-lettered as a whole. Its dead letter and outputs say so (`source_index`).
+    items: the reading's parsed JSON for batched rows (a dead letter carries that reading, not the batch).
     """
 
     sensor_ids: list[str]
@@ -86,9 +101,21 @@ class Decoded:
     status: np.ndarray
     dead: list[tuple[DeadLetterReason, str] | None]
     details: list[str | None]
+    message: np.ndarray
+    index: np.ndarray
+    items: list[object]
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
+
+    def dead_letter_value(self, row: int, original: bytes | None) -> bytes | None:
+        """The bytes a dead letter of `row` carries: the message's own, or the batched reading's JSON."""
+        if self.index[row] < 0:
+            return original
+        try:  # the stdlib writes NaN/Infinity back as they came, where orjson would write null
+            return json.dumps(self.items[row], separators=(",", ":")).encode()
+        except (ValueError, TypeError, RecursionError):  # too deeply nested to write back: keep the whole message
+            return original
 
     @property
     def engine_rows(self) -> np.ndarray:
@@ -104,6 +131,7 @@ class Decoder:
         channels: int | None = None,
         channel_names: Sequence[str] | None = None,
         max_message_bytes: int = 65_536,
+        max_readings: int = MAX_READINGS_PER_MESSAGE,
     ) -> None:
         if channel_names is not None:
             channel_names = list(channel_names)
@@ -113,16 +141,40 @@ class Decoder:
         self.channels = channels
         self.channel_names: list[str] | None = channel_names
         self.max_message_bytes = max_message_bytes
+        self.max_readings = max_readings
 
     def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
-        """Decode (key, value) pairs; never raises."""
-        n = len(messages)
+        """Decode (key, value) pairs into one row per reading; never raises."""
+        rows: list[tuple[int, int, object]] = []  # (message, index in its batch or -1, parsed JSON of a batched reading)
         parsed: list[tuple[str, float, object] | tuple[DeadLetterReason, str]] = []
-        for key, value in messages:
+        for m, (key, value) in enumerate(messages):
             try:
-                parsed.append(self._parse(key, value))
+                doc = self._load(value)
+                if isinstance(doc, tuple):
+                    rows.append((m, -1, None))
+                    parsed.append(doc)
+                    continue
+                batch = self._batch(doc, key)
+                if batch is None:
+                    rows.append((m, -1, None))
+                    parsed.append(self._reading(doc, None, key))
+                    continue
             except Exception as exc:  # noqa: BLE001 - decoding must never take the service down
+                rows.append((m, -1, None))
                 parsed.append((DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200]))
+                continue
+            if isinstance(batch[0], DeadLetterReason):
+                rows.append((m, -1, None))
+                parsed.append(batch)
+                continue
+            items, envelope_id = batch
+            for j, item in enumerate(items):
+                rows.append((m, j, item))
+                try:
+                    parsed.append(self._reading(item, envelope_id, key, where=f"reading {j}: "))
+                except Exception as exc:  # noqa: BLE001 - one bad reading must not take down its siblings
+                    parsed.append((DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200]))
+        n = len(rows)
         if self.channels is None:
             for item in parsed:
                 if not isinstance(item[0], DeadLetterReason):
@@ -137,6 +189,9 @@ class Decoder:
             status=np.zeros(n, dtype=np.int8),
             dead=[None] * n,
             details=[None] * n,
+            message=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            index=np.fromiter((r[1] for r in rows), dtype=np.int64, count=n),
+            items=[r[2] for r in rows],
         )
         for i, item in enumerate(parsed):
             if isinstance(item[0], DeadLetterReason):
@@ -166,39 +221,66 @@ class Decoder:
         return out
 
     # --- one message ----------------------------------------------------------------
-    def _parse(
-        self, key: bytes | None, value: bytes | None
-    ) -> tuple[str, float, object] | tuple[DeadLetterReason, str]:
+    def _load(self, value: bytes | None) -> object | tuple[DeadLetterReason, str]:
+        """The message's JSON, or why the whole message is dead."""
         if value is None:
             return DeadLetterReason.NOT_AN_OBJECT, "null value (tombstone)"
         if len(value) > self.max_message_bytes:
             return DeadLetterReason.TOO_LARGE, f"{len(value)} bytes > max_message_bytes {self.max_message_bytes}"
         try:
-            doc = orjson.loads(value)
+            return orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             doc = _lenient_json(value)
             if doc is None:
                 return DeadLetterReason.MALFORMED_JSON, str(exc)[:200]
+            return doc
+
+    def _batch(self, doc: object, key: bytes | None) -> tuple[list, object] | tuple[DeadLetterReason, str] | None:
+        """(readings, envelope sensor id) of a batched message; None for a one-reading object; or why it is dead."""
+        if isinstance(doc, dict):
+            if doc.get("readings") is None:
+                return None
+            items, envelope_id = doc["readings"], doc.get("sensor_id")
+            if not isinstance(items, list):
+                return DeadLetterReason.NOT_AN_OBJECT, f"readings is a JSON {type(items).__name__}, expected an array"
+        elif isinstance(doc, list):
+            items, envelope_id = doc, None
+        else:
+            return DeadLetterReason.NOT_AN_OBJECT, f"JSON {type(doc).__name__}, expected an object or an array"
+        if not items:
+            return DeadLetterReason.MISSING_FIELD, "a batch without readings"
+        if len(items) > self.max_readings:
+            return DeadLetterReason.TOO_MANY_READINGS, (
+                f"{len(items)} readings > max_readings_per_message {self.max_readings}"
+            )
+        return items, envelope_id
+
+    def _reading(
+        self, doc: object, envelope_id: object, key: bytes | None, where: str = ""
+    ) -> tuple[str, float, object] | tuple[DeadLetterReason, str]:
+        """One reading object: (sensor id, ts, raw values), or why it is dead. `where` prefixes the details."""
         if not isinstance(doc, dict):
-            return DeadLetterReason.NOT_AN_OBJECT, f"JSON {type(doc).__name__}, expected an object"
-        # sensor id: the field, else the key
+            return DeadLetterReason.NOT_AN_OBJECT, f"{where}JSON {type(doc).__name__}, expected an object"
+        # sensor id: the field, else the batch's, else the key
         raw_id = doc.get("sensor_id")
         if raw_id is None:
+            raw_id = envelope_id
+        if raw_id is None:
             if key is None:
-                return DeadLetterReason.MISSING_FIELD, "no sensor_id field and no message key"
+                return DeadLetterReason.MISSING_FIELD, f"{where}no sensor_id field and no message key"
             try:
                 raw_id = key.decode("utf-8")
             except UnicodeDecodeError:
                 raw_id = None
         sensor_id = coerce_sensor_id(raw_id) or ""
         if "ts" not in doc or doc["ts"] is None:
-            return DeadLetterReason.MISSING_FIELD, "no ts field"
+            return DeadLetterReason.MISSING_FIELD, f"{where}no ts field"
         if "values" in doc and doc["values"] is not None:
             raw = doc["values"]
         elif "value" in doc and doc["value"] is not None:
             raw = doc["value"]
         else:
-            return DeadLetterReason.MISSING_FIELD, "no value or values field"
+            return DeadLetterReason.MISSING_FIELD, f"{where}no value or values field"
         return sensor_id, _timestamp(doc["ts"]), raw
 
     def _learn_channels(self, raw: object) -> None:

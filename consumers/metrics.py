@@ -177,7 +177,8 @@ class _ServiceCollector(Collector):
         engine = s.engine
         es = engine.stats if engine is not None else None
 
-        yield _counter("readings_consumed", "Messages read from the input topics (valid or not).", st.consumed)
+        yield _counter("readings_consumed", "Readings read from the input topics (valid or not; each of a batch).",
+                       st.consumed)
         yield _counter("readings_scored", "Readings scored by the engine.", es.scored if es else 0)
         yield _counter("readings_anomalous", "Scored readings above the threshold (after warm-up).",
                        es.anomalous if es else 0)
@@ -188,7 +189,8 @@ class _ServiceCollector(Collector):
             rejected.add_metric([reason.label], by_reason.get(reason, 0))
         yield rejected
         dead = CounterMetricFamily(PREFIX + "dead_letters",
-                                   "Messages sent to the dead-letter topic, by reason.", labels=["reason"])
+                                   "Messages (or readings of a batch) sent to the dead-letter topic, by reason.",
+                                   labels=["reason"])
         dead_counts = dict(st.dead_lettered)
         for reason in DeadLetterReason:
             dead.add_metric([reason.value], dead_counts.get(reason.value, 0))

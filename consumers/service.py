@@ -88,7 +88,8 @@ class Output:
 class ServiceStats:
     """Counts since start, for logs, tests and metrics (read at scrape time, see consumers/metrics.py)."""
 
-    consumed: int = 0
+    consumed: int = 0  # readings: one per message, or each reading of a batched message
+    messages: int = 0
     scored: int = 0
     dead_lettered: dict[str, int] = field(default_factory=dict)
     alerts: int = 0
@@ -121,7 +122,8 @@ class ScoringService:
     def __init__(self, config: ServiceConfig, model: Model | None = None) -> None:
         self.config = config
         self.model = model if model is not None else load_model(config.detector.model)
-        self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes)
+        self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes,
+                               config.max_readings_per_message)
         self.engine: Engine | None = None
         if self.decoder.channels is not None:
             self.engine = self._new_engine(self.decoder.channels)
@@ -447,9 +449,10 @@ class ScoringService:
             messages = [m for tp in sorted(records, key=lambda t: (t.topic, t.partition)) for m in records[tp]]
             if not messages:
                 return
-            self.stats.consumed += len(messages)
             metrics.batch_messages.observe(len(messages))
             decoded = self.decoder.decode([(m.key, m.value) for m in messages])
+            self.stats.messages += len(messages)
+            self.stats.consumed += len(decoded)
             stepped = time.perf_counter()
             result = await self._score(decoded)
             if result is not None:
@@ -492,9 +495,9 @@ class ScoringService:
         model_id = self.model.model_id
         names = self.decoder.channel_names
         outputs: list[Output] = []
-        # engine row j -> message i
+        # engine row j -> decoded row i (a reading; message decoded.message[i])
         rows = decoded.engine_rows.tolist()
-        status = np.full(len(messages), -1, dtype=np.int16)
+        status = np.full(len(decoded), -1, dtype=np.int16)
         engine_row_of = {}
         if result is not None:
             for j, i in enumerate(rows):
@@ -504,8 +507,11 @@ class ScoringService:
             for i in rows:
                 status[i] = decoded.status[i]
         scored_at: dict[tuple[str, float], int] = {}
-        for i, msg in enumerate(messages):
-            headers = _source_headers(msg)
+        row_message = decoded.message.tolist()
+        row_index = decoded.index.tolist()
+        for i in range(len(decoded)):
+            msg = messages[row_message[i]]
+            headers = _source_headers(msg, row_index[i])
             dead = decoded.dead[i]
             if dead is None and status[i] != SCORED:
                 reject = RejectReason(int(status[i]))
@@ -514,7 +520,7 @@ class ScoringService:
                 reason, detail = dead
                 self.stats.dead_lettered[reason.value] = self.stats.dead_lettered.get(reason.value, 0) + 1
                 outputs.append(Output(
-                    cfg.dead_letter_topic, msg.key, msg.value,
+                    cfg.dead_letter_topic, msg.key, decoded.dead_letter_value(i, msg.value),
                     [("reason", reason.value.encode()), ("detail", detail.encode("utf-8", "replace")[:1000]), *headers],
                 ))
                 continue
@@ -548,7 +554,7 @@ class ScoringService:
                 doc = event.as_dict()
                 doc["model"] = model_id
                 i = scored_at.get((event.sensor_id, event.ts))
-                headers = _source_headers(messages[i]) if i is not None else []
+                headers = _source_headers(messages[row_message[i]], row_index[i]) if i is not None else []
                 outputs.append(Output(cfg.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
                 self.stats.alerts += 1
                 log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score,
@@ -946,12 +952,16 @@ async def _quietly_stop(consumer: AIOKafkaConsumer | None, producer: AIOKafkaPro
             log.debug("error while closing %s: %s", type(client).__name__, exc)
 
 
-def _source_headers(msg) -> list[tuple[str, bytes]]:
-    return [
+def _source_headers(msg, index: int = -1) -> list[tuple[str, bytes]]:
+    """Where an output's input was read; `source_index`: the reading's position in a batched message."""
+    headers = [
         ("source_topic", msg.topic.encode()),
         ("source_partition", str(msg.partition).encode()),
         ("source_offset", str(msg.offset).encode()),
     ]
+    if index >= 0:
+        headers.append(("source_index", str(index).encode()))
+    return headers
 
 
 def _fmt_tps(tps: Iterable[TopicPartition]) -> str:

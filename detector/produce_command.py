@@ -9,6 +9,11 @@ message keyed by its sensor id (so that a sensor's readings stay in one partitio
     {"sensor_id": "pump-7", "ts": 1700000000.5, "value": 3.2}              one channel
     {"sensor_id": "pump-7", "ts": 1700000000.5, "values": {"a": 1, "b": 2}}  several, by column name
 
+With `--batch-per-message N`, up to N consecutive readings of one sensor go in one message
+(the service's batched format), still keyed by the sensor id:
+
+    {"sensor_id": "pump-7", "readings": [{"ts": 1700000000.5, "value": 3.2}, {"ts": 1700000001.5, ...}]}
+
 `--rate` paces the readings with a token bucket (readings per second; 0, the default, sends
 as fast as the broker takes them). `--loop` replays the files until interrupted, shifting
 the timestamps of every pass past the previous one so the service does not reject them as
@@ -56,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=0.0, metavar="READINGS_PER_S",
                         help="readings per second, paced by a token bucket (default 0: as fast as possible)")
     parser.add_argument("--batch-per-message", type=int, default=1, metavar="N",
-                        help="readings per message; only 1 (the format `serve` reads) for now")
+                        help="up to N readings of one sensor per message (default 1: one reading per message)")
     parser.add_argument("--time-column", help="timestamp column or key (default: detected)")
     parser.add_argument("--sensor-column",
                         help="sensor id column or key (default: sensor_id if present, else the file's name)")
@@ -113,24 +118,40 @@ class TokenBucket:
             await asyncio.sleep(max((min(n, self.capacity) - self.tokens) / self.rate, 0.0005))
 
 
-def encode_readings(readings: Readings, shift: float = 0.0) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) per reading, in the service's input format; `shift` seconds added to every ts."""
+def encode_readings(
+    readings: Readings, shift: float = 0.0, per_message: int = 1
+) -> Iterator[tuple[bytes, bytes, int]]:
+    """(key, value, readings in it) per message, in the service's input format; `shift` seconds added to every ts.
+
+    per_message > 1: each sensor's readings are gathered, in order, into `{"sensor_id", "readings": [...]}`
+    messages of up to `per_message` readings; a message goes out when full, the rest at the end.
+    """
     names = readings.channel_names
     single = len(names) == 1
     ts = (readings.ts + shift).tolist()
     values = readings.values.tolist()
     keys: dict[str, bytes] = {}
+    pending: dict[str, list[dict[str, object]]] = {}
     for sensor, stamp, row in zip(readings.sensor_ids, ts, values):
         key = keys.get(sensor)
         if key is None:
             key = keys[sensor] = sensor.encode("utf-8")
         # NaN (a cell that was not a number) goes out as null: the service dead-letters it, as replay rejects it
-        doc: dict[str, object] = {"sensor_id": sensor, "ts": stamp}
+        doc: dict[str, object] = {"ts": stamp} if per_message > 1 else {"sensor_id": sensor, "ts": stamp}
         if single:
             doc["value"] = None if math.isnan(row[0]) else row[0]
         else:
             doc["values"] = {n: (None if math.isnan(v) else v) for n, v in zip(names, row)}
-        yield key, orjson.dumps(doc)
+        if per_message == 1:
+            yield key, orjson.dumps(doc), 1
+            continue
+        batch = pending.setdefault(sensor, [])
+        batch.append(doc)
+        if len(batch) >= per_message:
+            del pending[sensor]
+            yield key, orjson.dumps({"sensor_id": sensor, "readings": batch}), len(batch)
+    for sensor, batch in pending.items():
+        yield keys[sensor], orjson.dumps({"sensor_id": sensor, "readings": batch}), len(batch)
 
 
 def load_files(paths: Sequence[Path], time_column: str | None, sensor_column: str | None,
@@ -195,6 +216,7 @@ async def produce_files(
     max_passes: int | None = None,
     progress: bool = False,
     summary: ProduceSummary | None = None,
+    per_message: int = 1,
 ) -> ProduceSummary:
     """Produce the readings of `paths` to `topic`; returns what was sent once every message is acknowledged.
 
@@ -205,6 +227,8 @@ async def produce_files(
 
     if rate < 0 or not math.isfinite(rate):
         raise ProduceError(f"--rate must be a non-negative number, not {rate}")
+    if per_message < 1:
+        raise ProduceError(f"--batch-per-message must be at least 1, not {per_message}")
     if not paths:
         raise InputFileError("give at least one file to produce")
     files = load_files([Path(p) for p in paths], time_column, sensor_column, value_columns)
@@ -220,10 +244,12 @@ async def produce_files(
     started = time.monotonic()
     last_print = started
 
-    def count(future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            out.messages += 1
-            out.readings = out.messages
+    def counter(n: int):
+        def count(future: asyncio.Future) -> None:
+            if not future.cancelled() and future.exception() is None:
+                out.messages += 1
+                out.readings += n
+        return count
 
     async def settle(futures: list[asyncio.Future]) -> None:
         try:
@@ -234,16 +260,16 @@ async def produce_files(
     try:
         while True:
             for readings in files:
-                for key, value in encode_readings(readings, shift=passes * shift_per_pass):
+                for key, value, n in encode_readings(readings, passes * shift_per_pass, per_message):
                     if bucket is not None:
-                        await bucket.take()
+                        await bucket.take(n)
                     try:
                         future = await producer.send(topic, value, key=key)
                     except KafkaError as exc:
                         raise ProduceError(f"cannot send to {topic} at {bootstrap}: {exc}") from None
-                    future.add_done_callback(count)
+                    future.add_done_callback(counter(n))
                     pending.append(future)
-                    sent += 1
+                    sent += n
                     if len(pending) >= ACK_WINDOW:
                         await settle(pending)
                         pending = []
@@ -272,17 +298,15 @@ def run(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     summary = ProduceSummary(0, 0, 0.0, 0, 0)
     try:
-        if args.batch_per_message != 1:
-            raise ProduceError(
-                f"--batch-per-message {args.batch_per_message}: `hiddenstate serve` reads one reading per message; "
-                "batched messages are not supported yet"
-            )
+        if args.batch_per_message < 1:
+            raise ProduceError(f"--batch-per-message must be at least 1, not {args.batch_per_message}")
         if args.connect_timeout <= 0:
             raise ProduceError("--connect-timeout must be positive")
         asyncio.run(produce_files(
             args.files, args.bootstrap, args.topic, rate=args.rate, time_column=args.time_column,
             sensor_column=args.sensor_column, value_columns=columns, loop=args.loop,
             connect_timeout=args.connect_timeout, progress=not args.quiet, summary=summary,
+            per_message=args.batch_per_message,
         ))
     except KeyboardInterrupt:
         print(f"interrupted; {summary.line(args.topic)} (acknowledged so far)")

@@ -90,6 +90,30 @@ def test_csv_rows_arrive_keyed_in_the_service_format(kafka_bootstrap, tmp_path, 
     assert decoder.channel_names == ["flow", "temp"]
 
 
+def test_batch_per_message_groups_each_sensors_readings(kafka_bootstrap, tmp_path, capsys):
+    """--batch-per-message 4: messages of up to 4 readings of one sensor, keyed by it; the service decodes them."""
+    rows = write_csv(tmp_path / "fleet.csv", sensors=3, steps=10)  # 10 readings per sensor: 4 + 4 + 2
+    topic = asyncio.run(_topic(kafka_bootstrap))
+    assert run_produce([str(tmp_path / "fleet.csv"), "--bootstrap", kafka_bootstrap, "--topic", topic,
+                        "--batch-per-message", "4"]) == 0
+    assert f"produced 9 messages ({len(rows)} readings) to {topic}" in capsys.readouterr().out
+    records = asyncio.run(read_all(kafka_bootstrap, topic))
+    sizes: dict[str, list[int]] = {}
+    for r in records:
+        doc = orjson.loads(r.value)
+        assert set(doc) == {"sensor_id", "readings"} and r.key == doc["sensor_id"].encode()
+        sizes.setdefault(doc["sensor_id"], []).append(len(doc["readings"]))
+    assert sizes == {f"pump-{s}": [4, 4, 2] for s in range(3)}
+    decoder = Decoder()
+    decoded = decoder.decode([(r.key, r.value) for r in records])
+    assert all(d is None for d in decoded.dead) and not decoded.status.any()
+    got = {(decoded.sensor_ids[i], decoded.ts[i]): decoded.values[i].tolist() for i in range(len(decoded))}
+    assert got == {(r["sensor_id"], r["ts"]): [r["flow"], r["temp"]] for r in rows}
+    for sensor in sizes:  # each sensor's readings in time order
+        stamps = [decoded.ts[i] for i in range(len(decoded)) if decoded.sensor_ids[i] == sensor]
+        assert stamps == sorted(stamps)
+
+
 def test_jsonl_one_channel_sends_value(kafka_bootstrap, tmp_path):
     path = tmp_path / "p7.jsonl"
     path.write_text("".join(orjson.dumps({"sensor_id": "p7", "ts": T0 + i, "value": i * 0.5}).decode() + "\n"
@@ -167,8 +191,8 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     write_csv(tmp_path / "fleet.csv", sensors=1, steps=3)
     assert run_produce([str(tmp_path / "missing.csv"), "--topic", "t"]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert run_produce([str(tmp_path / "fleet.csv"), "--topic", "t", "--batch-per-message", "4"]) == 2
-    assert "one reading per message" in capsys.readouterr().err
+    assert run_produce([str(tmp_path / "fleet.csv"), "--topic", "t", "--batch-per-message", "0"]) == 2
+    assert "--batch-per-message must be at least 1" in capsys.readouterr().err
     assert run_produce([str(tmp_path / "fleet.csv"), "--topic", "t", "--rate", "-1",
                         "--bootstrap", f"127.0.0.1:{_free_port()}", "--connect-timeout", "1"]) == 2
     assert "--rate" in capsys.readouterr().err

@@ -123,10 +123,69 @@ def test_batch_rows_line_up():
     assert math.isnan(out.ts[2])
 
 
+def test_batch_array_each_reading_on_its_own():
+    """An array of readings: every reading is a row; a bad one is dead alone, with its own JSON."""
+    d = Decoder(channels=1)
+    value = (b'[{"sensor_id": "a", "ts": 1, "value": 1.5}, {"sensor_id": "b", "ts": 2, "value": "x"},'
+             b' 7, {"ts": 3, "value": NaN}, {"sensor_id": "c", "ts": 4, "value": 2.5}]')
+    out = d.decode([(b"k", b'{"sensor_id": "z", "ts": 9, "value": 9}'), (b"key", value)])
+    assert len(out) == 6
+    assert out.message.tolist() == [0, 1, 1, 1, 1, 1] and out.index.tolist() == [-1, 0, 1, 2, 3, 4]
+    assert out.sensor_ids[1] == "a" and out.ts[1] == 1 and out.values[1, 0] == 1.5
+    assert out.sensor_ids[4] == "key"  # no sensor_id: the message key
+    assert out.status[2] == RejectReason.NOT_NUMERIC and out.details[2]
+    assert out.dead[3] == (DeadLetterReason.NOT_AN_OBJECT, "reading 2: JSON int, expected an object")
+    assert out.status[4] == RejectReason.NOT_FINITE
+    assert out.status[5] == 0 and out.values[5, 0] == 2.5
+    assert out.engine_rows.tolist() == [0, 1, 2, 4, 5]
+    # a dead letter carries the reading, not the batch; a one-reading message keeps its bytes
+    assert json.loads(out.dead_letter_value(2, value)) == {"sensor_id": "b", "ts": 2, "value": "x"}
+    assert out.dead_letter_value(3, value) == b"7"
+    assert out.dead_letter_value(4, value) == b'{"ts":3,"value":NaN}'
+    assert out.dead_letter_value(0, b"orig") == b"orig"
+
+
+def test_batch_envelope_of_one_sensor():
+    d = Decoder()
+    value = orjson.dumps({"sensor_id": "pump-7", "readings": [
+        {"ts": 1, "values": {"t": 1.0, "f": 2.0}},
+        {"ts": 2, "values": {"t": 3.0, "f": 4.0}},
+        {"sensor_id": "fan-2", "ts": 2, "values": [5.0, 6.0]},  # its own id wins
+        {"ts": 3},
+    ]})
+    out = d.decode([(b"key", value)])
+    assert d.channel_names == ["f", "t"]
+    assert out.sensor_ids[:3] == ["pump-7", "pump-7", "fan-2"]
+    assert out.values[:3].tolist() == [[2.0, 1.0], [4.0, 3.0], [5.0, 6.0]]
+    assert out.dead[3] == (DeadLetterReason.MISSING_FIELD, "reading 3: no value or values field")
+    # without an envelope id, the key
+    out = d.decode([(b"key", b'{"readings": [{"ts": 1, "values": [1, 2]}]}')])
+    assert out.sensor_ids == ["key"] and out.status[0] == 0
+
+
+def test_batch_dead_as_a_whole():
+    d = Decoder(channels=1, max_readings=3)
+    four = orjson.dumps([{"sensor_id": "a", "ts": t, "value": 1.0} for t in range(4)])
+    three = orjson.dumps([{"sensor_id": "a", "ts": t, "value": 1.0} for t in range(3)])
+    cases = {
+        four: "too_many_readings",
+        b"[]": "missing_field",
+        b'{"sensor_id": "a", "readings": []}': "missing_field",
+        b'{"sensor_id": "a", "readings": {"ts": 1, "value": 2}}': "not_an_object",
+        b"42": "not_an_object",
+    }
+    for value, why in cases.items():
+        out = d.decode([(b"k", value)])
+        assert len(out) == 1 and out.index[0] == -1 and out.dead[0][0].value == why, value
+        assert out.dead_letter_value(0, value) == value
+    out = d.decode([(b"k", three)])
+    assert len(out) == 3 and list(out.status) == [0, 0, 0] and not any(out.dead)
+
+
 _json_docs = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
     lambda c: st.lists(c, max_size=3)
-    | st.dictionaries(st.sampled_from(["sensor_id", "ts", "value", "values", "x"]), c, max_size=4),
+    | st.dictionaries(st.sampled_from(["sensor_id", "ts", "value", "values", "readings", "x"]), c, max_size=4),
 ).map(lambda v: json.dumps(v).encode())  # stdlib: NaN, Infinity and huge integers included
 
 
@@ -136,8 +195,13 @@ _json_docs = st.recursive(
 def test_decode_never_raises(messages):
     d = Decoder()
     out = d.decode(messages)
-    assert len(out) == len(messages)
-    for i in range(len(messages)):
+    # every message has rows, in order: one, or one per reading of a batch
+    assert sorted(set(out.message.tolist())) == list(range(len(messages)))
+    assert np.all(np.diff(out.message) >= 0)
+    for i in range(len(out)):
         assert (out.dead[i] is None) or isinstance(out.dead[i][0], DeadLetterReason)
         if out.dead[i] is None and out.status[i] == 0:
             assert out.sensor_ids[i] and np.all(np.isfinite(out.values[i])) and np.isfinite(out.ts[i])
+        if out.dead[i] is not None or out.status[i] != 0:
+            value = out.dead_letter_value(i, messages[out.message[i]][1])
+            assert value is None or isinstance(value, bytes)

@@ -81,7 +81,7 @@ BAD = [
     (b"s03", b'{"sensor_id": "s03", "ts": 1700000608, "value": true}', "not_numeric"),
     (b"s04", b'{"sensor_id": "s04", "ts": "yesterday", "value": 1.0}', "bad_timestamp"),
     (b"s06", b'{"sensor_id": ["s06"], "ts": 1700000609, "value": 1.0}', "bad_sensor_id"),
-    (b"s07", b"[1, 2, 3]", "not_an_object"),
+    (b"s07", b"3.5", "not_an_object"),
     (b"s08", b'{"sensor_id": "s08", "value": 1.0}', "missing_field"),
     (b"s09", b'{"sensor_id": "s09", "ts": 1700000000, "value": 1.0}', "out_of_order"),
     (b"s10", b'{"sensor_id": "s10", "ts": 1700000590, "value": 1.0}', "duplicate"),
@@ -96,9 +96,9 @@ def stream_with_bad_messages() -> list[tuple[bytes, bytes]]:
     return good[:cut] + [(k, v) for k, v, _ in BAD] + good[cut:]
 
 
-def reference(model: Model, messages: list[tuple[bytes, bytes]]):
+def reference(model: Model, messages: list[tuple[bytes, bytes]], **decoder_options):
     """What the engine says about the stream read in order, with no Kafka in between."""
-    decoder = Decoder(DETECTOR.channels)
+    decoder = Decoder(DETECTOR.channels, **decoder_options)
     decoded = decoder.decode(messages)
     engine = Engine(model.network, DETECTOR, 1)
     rows = decoded.engine_rows
@@ -197,6 +197,83 @@ def test_end_to_end(kafka_bootstrap, model):
     assert raises[0]["model"] == model.model_id and raises[0]["alert_id"].startswith(ANOMALOUS + "@")
     assert sorted((a["kind"], a["alert_id"]) for a in alerts) == sorted((e.kind.value, e.alert_id) for e in ref_events)
     assert all(r.key == ANOMALOUS.encode() for r in outputs["alerts"])
+
+
+def batched_stream() -> tuple[list[tuple[bytes, bytes]], dict[tuple[int, int], tuple[bytes, str]]]:
+    """The fleet in batched messages keyed by sensor, with bad readings inside batches.
+
+    Returns the messages and, by (message number, reading index), each bad reading's JSON and reason
+    (index -1: the message is dead as a whole).
+    """
+    chunks: dict[str, list[dict]] = {}
+    for _, value in fleet(sensors=8, steps=60, seed=3):
+        doc = orjson.loads(value)
+        chunks.setdefault(doc["sensor_id"], []).append(doc)
+    messages: list[tuple[bytes, bytes]] = []
+    bad: dict[tuple[int, int], tuple[bytes, str]] = {}
+    for step in range(0, 60, 10):
+        for sid, docs in chunks.items():
+            readings = [{"ts": d["ts"], "value": d["value"]} for d in docs[step:step + 10]]
+            if sid == "s01" and step == 20:  # an array of full readings, one of them not a number
+                readings = [{"sensor_id": sid, **r} for r in readings]
+                readings[3]["value"] = "abc"
+                bad[(len(messages), 3)] = (orjson.dumps(readings[3]), "not_numeric")
+                messages.append((sid.encode(), orjson.dumps(readings)))
+                continue
+            if sid == "s02" and step == 30:  # a reading that is not an object, and one without ts
+                readings.insert(5, 7)
+                readings.insert(6, {"value": 1.0})
+                bad[(len(messages), 5)] = (b"7", "not_an_object")
+                bad[(len(messages), 6)] = (b'{"value":1.0}', "missing_field")
+            messages.append((sid.encode(), orjson.dumps({"sensor_id": sid, "readings": readings})))
+    too_many = orjson.dumps({"sensor_id": "zz", "readings": [{"ts": T0 + t, "value": 1.0} for t in range(51)]})
+    bad[(len(messages), -1)] = (too_many, "too_many_readings")
+    messages.append((b"zz", too_many))
+    return messages, bad
+
+
+def test_batched_messages_end_to_end(kafka_bootstrap, model):
+    """Many readings per message: each is scored or dead-lettered on its own; offsets committed to the end."""
+    messages, bad = batched_stream()
+    ref_scores, _ = reference(model, messages, max_readings=50)
+
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap)
+        placed = await produce(kafka_bootstrap, topics["in"], messages)
+        ends = await end_offsets(kafka_bootstrap, topics["in"])
+        group = unique_name("g")
+        cfg = service_config(kafka_bootstrap, topics, group, max_batch=7, max_readings_per_message=50)
+        async with ScoringService(cfg, model) as service:
+            task = asyncio.create_task(service.run())
+            await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
+            service.request_stop()
+            await asyncio.wait_for(task, 20)
+        outputs = {k: await read_all(kafka_bootstrap, topics[k]) for k in ("scores", "dlq")}
+        committed = await committed_offsets(kafka_bootstrap, group, topics["in"])
+        return placed, ends, outputs, committed, service.stats
+
+    placed, ends, outputs, committed, stats = asyncio.run(scenario())
+    assert committed == ends
+    # 480 readings, 2 bad ones inserted, and the batch dead as a whole counts once
+    assert stats.messages == len(messages) and stats.consumed == 8 * 60 + 2 + 1
+    # every valid reading scored once, as the engine scores the stream offline
+    got = {}
+    for r in outputs["scores"]:
+        doc = orjson.loads(r.value)
+        assert r.key == doc["sensor_id"].encode() and header(r, "source_index") is not None
+        got[(doc["sensor_id"], doc["ts"])] = doc["score"]
+    assert len(outputs["scores"]) == len(got) == len(ref_scores) == 8 * 60 - 1
+    assert got.keys() == ref_scores.keys()
+    assert max(abs(got[k] - ref_scores[k]) for k in got) < 1e-4
+    # each bad reading dead-lettered alone: its own JSON, its message's coordinates and its index
+    where = {placed[m]: m for m in range(len(messages))}
+    dead = {}
+    for r in outputs["dlq"]:
+        m = where[(int(header(r, "source_partition")), int(header(r, "source_offset")))]
+        index = header(r, "source_index")
+        dead[(m, -1 if index is None else int(index))] = (r.value, header(r, "reason"))
+        assert r.key == messages[m][0] and header(r, "detail")
+    assert dead == bad
 
 
 def _free_port() -> int:
