@@ -10,11 +10,15 @@ plus the engine's `DetectorConfig`. Sources, in increasing precedence:
    usual flat `HIDDENSTATE_THRESHOLD`-style names for the engine;
 3. command-line flags (`load_service_config(..., **overrides)`; None = unset).
 
-The SASL password is a `SecretStr`: its repr, `str()` and `summary()` never show it.
+Secrets (`sasl_password`, `ssl_key_password`) are `SecretStr`s: their repr, `str()`, `summary()`
+and `model_dump_json()` never show them. Each can also be read from a file (`sasl_password_file`,
+`ssl_key_password_file`: a mounted Kubernetes or Docker secret), so it need not sit in the TOML file
+or the environment; `secrets()` lists their values for the log masker.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from contextvars import ContextVar
 from pathlib import Path
@@ -26,6 +30,9 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from detector.config import DetectorConfig, load_config, read_toml
 from detector.errors import ConfigError
+
+# secret field -> the field naming a file that holds it (read once, at load; a trailing newline is dropped)
+SECRET_FILES = {"sasl_password": "sasl_password_file", "ssl_key_password": "ssl_key_password_file"}
 
 # The `[service]` table of the file being loaded (set only while `load_service_config` builds one).
 _FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("_FILE_VALUES", default={})
@@ -70,6 +77,19 @@ class ServiceConfig(BaseSettings):
     poll_timeout_ms: int = Field(200, ge=0, le=60_000, description="How long one poll waits for messages.")
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this are dead-lettered as too_large, not parsed."
+    )
+    max_key_bytes: int = Field(
+        1024, ge=1, description="Messages whose key is longer than this are dead-lettered as too_large."
+    )
+    max_channels: int = Field(
+        64, ge=1, le=1024,
+        description="Most values per reading: more are wrong_channels, and the channel count is never learnt "
+                    "above it (each channel costs state in every sensor's slot).",
+    )
+    sensor_id_pattern: str | None = Field(
+        None, min_length=1,
+        description="Regular expression every sensor id must match in full (e.g. `[A-Za-z0-9._:-]+`), else "
+                    "bad_sensor_id; None = any printable string of 1-256 characters.",
     )
     max_readings_per_message: int = Field(
         10_000, ge=1, le=1_000_000,
@@ -131,14 +151,25 @@ class ServiceConfig(BaseSettings):
         300.0, gt=0, description="Most time a restore from the changelog may take before it is abandoned.",
     )
 
-    # --- security (passed through to aiokafka) ---------------------------------------
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    # --- security (passed to aiokafka; see docs/security.md) ---------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (TLS + SASL)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism; needed with SASL_*."
+    )
+    sasl_username: str | None = Field(None, min_length=1, description="SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (a secret: never logged).")
+    sasl_password_file: Path | None = Field(
+        None, description="File holding the SASL password (instead of sasl_password)."
+    )
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates; None = system CAs.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (chain), PEM, for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Private key of ssl_certfile, PEM.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of an encrypted ssl_keyfile (a secret).")
+    ssl_key_password_file: Path | None = Field(
+        None, description="File holding the password of ssl_keyfile (instead of ssl_key_password)."
+    )
 
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
 
@@ -153,6 +184,38 @@ class ServiceConfig(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _FileTableSource(settings_cls)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """`<secret>_file` -> `<secret>`: the file's content without its trailing newline."""
+        if not isinstance(data, dict):
+            return data
+        for secret, file_field in SECRET_FILES.items():
+            path = data.get(file_field)
+            if path is None:
+                continue
+            if data.get(secret) is not None:
+                raise ValueError(f"set {secret} or {file_field}, not both")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"{file_field}: cannot read {path}: {exc.__class__.__name__}: {exc}") from None
+            text = text.rstrip("\r\n")
+            if not text:
+                raise ValueError(f"{file_field}: {path} is empty")
+            data = {**data, secret: text}
+        return data
+
+    @field_validator("sensor_id_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"sensor_id_pattern is not a regular expression: {exc}") from None
+        return value
+
     @field_validator("input_topics", "channel_names", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -166,6 +229,14 @@ class ServiceConfig(BaseSettings):
             raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism")
         if self.sasl_mechanism is not None and (self.sasl_username is None or self.sasl_password is None):
             raise ValueError("sasl_mechanism needs sasl_username and sasl_password")
+        if self.sasl_mechanism is not None and not self.security_protocol.startswith("SASL"):
+            raise ValueError(f"sasl_mechanism needs security_protocol SASL_SSL or SASL_PLAINTEXT, "
+                             f"not {self.security_protocol}")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate it belongs to)")
+        if self.detector.channels is not None and self.detector.channels > self.max_channels:
+            raise ValueError(f"detector.channels {self.detector.channels} exceeds max_channels {self.max_channels}: "
+                             f"raise max_channels")
         if self.broker_probe_seconds >= self.broker_stale_seconds:
             raise ValueError("broker_probe_seconds must be shorter than broker_stale_seconds")
         if self.retry_initial_seconds > self.retry_max_seconds:
@@ -205,7 +276,7 @@ class ServiceConfig(BaseSettings):
             "client_id": self.client_id,
             "security_protocol": self.security_protocol,
         }
-        if self.security_protocol in ("SSL", "SASL_SSL"):
+        if self.tls:
             kwargs["ssl_context"] = self.ssl_context()
         if self.sasl_mechanism is not None:
             kwargs["sasl_mechanism"] = self.sasl_mechanism
@@ -213,7 +284,17 @@ class ServiceConfig(BaseSettings):
             kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
         return kwargs
 
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def secrets(self) -> list[str]:
+        """The values of every secret set, for the log masker (consumers/logs.py)."""
+        return [s.get_secret_value() for s in (self.sasl_password, self.ssl_key_password) if s is not None]
+
     def ssl_context(self) -> ssl.SSLContext:
+        """TLS client context: verifies the broker's certificate and host name against ssl_cafile (or the system
+        CAs); presents ssl_certfile/ssl_keyfile when set."""
         from aiokafka.helpers import create_ssl_context
 
         try:
@@ -221,9 +302,13 @@ class ServiceConfig(BaseSettings):
                 cafile=self.ssl_cafile,
                 certfile=self.ssl_certfile,
                 keyfile=self.ssl_keyfile,
+                password=self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
             )
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot build the TLS context from ssl_cafile/ssl_certfile/ssl_keyfile: {exc}") from None
+            raise ConfigError(
+                f"cannot build the TLS context from ssl_cafile/ssl_certfile/ssl_keyfile: {exc} "
+                f"(check the paths, that the files are PEM, and ssl_key_password for an encrypted key)"
+            ) from None
 
     def summary(self) -> str:
         """One line for the start-up log: the settings that matter, never the password."""

@@ -58,6 +58,7 @@ from consumers.checkpoints import (
     marker_key,
     read_changelog,
 )
+from consumers.broker_access import BrokerAccessError, diagnose
 from consumers.config import ServiceConfig
 from consumers.decode import ENGINE_DETAILS, Decoded, Decoder, DeadLetterReason
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics
@@ -179,8 +180,9 @@ class ScoringService:
         """Open the HTTP endpoints, then connect consumer and producer, retrying with capped exponential backoff.
 
         Raises StopRequested if a stop is requested while waiting, TimeoutError after
-        `start_timeout_seconds` (if set), OSError if the endpoints cannot listen on
-        `metrics_address:metrics_port`.
+        `start_timeout_seconds` (if set), BrokerAccessError at once if the broker refuses this
+        client (untrusted certificate, client certificate refused, wrong SASL credentials), OSError
+        if the endpoints cannot listen on `metrics_address:metrics_port`.
         """
         cfg = self.config
         log.info("starting: %s model_id=%s", cfg.summary(), self.model.model_id,
@@ -206,6 +208,10 @@ class ScoringService:
                     self._changelog_partitions = await ensure_changelog(cfg)
             except KafkaError as exc:
                 await _quietly_stop(consumer, producer)
+                refused = await diagnose(cfg)  # TLS trust, client certificate, SASL credentials: retrying cannot help
+                if refused is not None:
+                    log.error("cannot connect to Kafka at %s: %s", cfg.bootstrap_servers, refused)
+                    raise refused from None
                 waited = time.monotonic() - started
                 if cfg.start_timeout_seconds is not None and waited + delay > cfg.start_timeout_seconds:
                     log.error("cannot reach Kafka at %s: %s; giving up after %.1fs (start_timeout_seconds)",
@@ -888,7 +894,7 @@ async def serve(config: ServiceConfig, model: Model | None = None, install_signa
     """Run the service until SIGTERM/SIGINT (or `start_timeout_seconds` at start); returns an exit status.
 
     0: stopped cleanly within `grace_seconds`; 1: the grace period ran out (the uncommitted
-    batch is consumed again by the next owner); 2: the broker was never reachable.
+    batch is consumed again by the next owner); 2: the broker was never reachable, or refused this client.
     """
     service = ScoringService(config, model)
     loop = asyncio.get_running_loop()
@@ -913,7 +919,7 @@ async def _serve(service: ScoringService, config: ServiceConfig) -> int:
     except StopRequested:
         log.info("stopped before the broker could be reached")
         return 0
-    except TimeoutError:  # start() logged why
+    except (TimeoutError, BrokerAccessError):  # start() logged why
         return 2
     except OSError as exc:  # the metrics port is taken, or the address is not ours
         log.error("%s", exc)

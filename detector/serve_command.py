@@ -86,8 +86,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR") or args.log_format not in ("text", "json"):
         raise ConfigError(f"invalid HIDDENSTATE_LOG_LEVEL/HIDDENSTATE_LOG_FORMAT: {args.log_level}/{args.log_format}")
-    secrets = [config.sasl_password.get_secret_value()] if config.sasl_password is not None else []
-    configure_logging(args.log_level, args.log_format, secrets=secrets)
+    configure_logging(args.log_level, args.log_format, secrets=config.secrets())
     return asyncio.run(serve(config))
 
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from consumers.config import ServiceConfig, load_service_config
+from detector.config import DetectorConfig
 from detector.errors import ConfigError
 
 
@@ -107,3 +108,43 @@ def test_serve_flags_reach_the_config(monkeypatch):
     cfg = captured["config"]
     assert cfg.bootstrap_servers == "h:1" and cfg.input_topics == ["a", "b"] and cfg.group_id == "g"
     assert cfg.max_batch == 64 and cfg.grace_seconds == 5 and cfg.detector.threshold == 0.98
+
+
+def test_secrets_from_files_never_shown(tmp_path, monkeypatch, caplog):
+    (tmp_path / "pw").write_text("s3cret-from-file\n")
+    (tmp_path / "keypw").write_text("key-pass-phrase")
+    monkeypatch.setenv("HIDDENSTATE_SASL_PASSWORD_FILE", str(tmp_path / "pw"))
+    cfg = load_service_config(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-256", sasl_username="svc",
+                              ssl_key_password_file=tmp_path / "keypw")
+    assert cfg.kafka_client_kwargs()["sasl_plain_password"] == "s3cret-from-file"  # trailing newline dropped
+    assert cfg.ssl_key_password.get_secret_value() == "key-pass-phrase"
+    assert sorted(cfg.secrets()) == ["key-pass-phrase", "s3cret-from-file"]
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("config %s %r %s", cfg, cfg, cfg.summary())
+    for text in (repr(cfg), cfg.summary(), cfg.model_dump_json(), caplog.text):
+        assert "s3cret" not in text and "key-pass" not in text
+
+
+def test_secret_file_errors_say_which_setting(tmp_path):
+    with pytest.raises(ConfigError, match="sasl_password_file: cannot read"):
+        load_service_config(sasl_password_file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="sasl_password_file: .* is empty"):
+        load_service_config(sasl_password_file=tmp_path / "empty")
+    (tmp_path / "pw").write_text("x")
+    with pytest.raises(ConfigError, match="not both"):
+        load_service_config(sasl_password="y", sasl_password_file=tmp_path / "pw")
+
+
+def test_security_and_limit_settings_are_checked():
+    with pytest.raises(ConfigError, match="SASL_SSL or SASL_PLAINTEXT"):
+        load_service_config(sasl_mechanism="PLAIN", sasl_username="u", sasl_password="p")
+    with pytest.raises(ConfigError, match="ssl_keyfile needs ssl_certfile"):
+        load_service_config(security_protocol="SSL", ssl_keyfile="key.pem")
+    with pytest.raises(ConfigError, match="raise max_channels"):
+        load_service_config(detector=DetectorConfig(channels=100))
+    assert load_service_config(detector=DetectorConfig(channels=100), max_channels=100).max_channels == 100
+    with pytest.raises(ConfigError, match="sensor_id_pattern is not a regular expression"):
+        load_service_config(sensor_id_pattern="[a-")
+    with pytest.raises(ConfigError, match="max_key_bytes"):
+        load_service_config(max_key_bytes=0)
