@@ -60,6 +60,7 @@ from consumers.checkpoints import (
 )
 from consumers.broker_access import BrokerAccessError, diagnose
 from consumers.config import ServiceConfig
+from consumers.crash import crash_point
 from consumers.decode import ENGINE_DETAILS, Decoded, Decoder, DeadLetterReason
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics
 from detector import __version__
@@ -461,6 +462,7 @@ class ScoringService:
             self.stats.consumed += len(decoded)
             stepped = time.perf_counter()
             result = await self._score(decoded)
+            crash_point("scored")
             if result is not None:
                 metrics.engine_step.observe(time.perf_counter() - stepped)
             outputs = self._outputs(messages, decoded, result)
@@ -471,12 +473,15 @@ class ScoringService:
                 self.stats.batches += 1
                 return
             await self._deliver(outputs)
+            crash_point("produced")
             metrics.processing_latency.observe(time.perf_counter() - polled_at)
             if result is not None:
                 metrics.event_lag.observe_many(np.maximum(time.time() - result.ts[result.status == SCORED], 0.0))
             if self.config.checkpoints_enabled:
                 await self._checkpoint(offsets)
+            crash_point("before_commit")
             await self._commit(offsets)
+            crash_point("committed")
             self.stats.batches += 1
 
     async def _score(self, decoded: Decoded) -> StepResult | None:
@@ -708,9 +713,12 @@ class ScoringService:
             for res in await asyncio.gather(*futures, return_exceptions=True):
                 if isinstance(res, BaseException):
                     raise res
+            crash_point("produced")
             if mine:
                 await producer.send_offsets_to_transaction(mine, cfg.group_id)
+            crash_point("before_commit")
             await producer.commit_transaction()
+            crash_point("committed")
         except ProducerFenced as exc:
             log.error("this instance was fenced by another with transactional id %s: %s; stopping",
                       cfg.transactional_id_or_default, _err(exc))
@@ -765,6 +773,7 @@ class ScoringService:
                 log.error("restore from %s failed: %s; partitions %s start with fresh state",
                           cfg.changelog_name, _err(exc), _fmt_tps(tps))
                 return
+            crash_point("restoring")
             by_partition = {}
             for tp in sorted(tps, key=lambda t: (t.topic, t.partition)):
                 by_partition.setdefault(tp.partition, tp)

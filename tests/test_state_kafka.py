@@ -10,14 +10,17 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from consumers import crash
 from consumers.checkpoints import MARKER_PREFIX
 from consumers.service import ScoringService
 from detector.engine import Engine
@@ -34,8 +37,8 @@ from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
 )
 from tests.test_serve_kafka import (  # noqa: F401 - model and model_dir are fixtures
     DETECTOR,
+    ROOT,
     _serve_command,
-    _start,
     fleet,
     model,
     model_dir,
@@ -149,19 +152,49 @@ async def read_topic(bootstrap: str, topic: str, committed_only: bool, timeout: 
         await consumer.stop()
 
 
-@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_kill_9_mid_stream_loses_no_alert(kafka_bootstrap, model, model_dir, tmp_path, guarantee):
-    """SIGKILL `hiddenstate serve` at 3 points of the stream, restarting it each time.
+def test_crash_point_setting_is_checked():
+    """HIDDENSTATE_CRASH_AT (test-only) is `<point>:<n>`; anything else is refused, naming the points."""
+    assert crash.parse("") is None
+    assert crash.parse("before_commit:3") == ("before_commit", 3)
+    for bad in ("scroed:1", "scored", "scored:0", "scored:x", ":2"):
+        with pytest.raises(ValueError, match="restoring"):
+            crash.parse(bad)
 
+
+async def _start_env(cmd: list[str], log_path: Path, **env: str) -> asyncio.subprocess.Process:
+    """`_start` with extra environment variables (HIDDENSTATE_CRASH_AT)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("HIDDENSTATE_")}
+    return await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env={**base, **env}, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=log_path.open("wb"))
+
+
+async def _committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """The group's committed offsets summed over the partitions (retrying while the coordinator loads)."""
+    return sum((await wait_committed(bootstrap, group, topic, {}, predicate=lambda c: True)).values())
+
+
+# The kills of test_crash_at_every_step_loses_nothing, one process each, in this order: the five crash points of
+# consumers/crash.py (the n-th arrival; `restoring:1` is the restore at start of a process whose predecessor
+# checkpointed), then one kill -9 from outside at a point of the broker's timing (committed offsets >= the
+# number given, counted from the committed offsets at the start of that process).
+CRASHES = ["scored:8", "produced:8", "restoring:1", "before_commit:8", "committed:8", "external:300"]
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_crash_at_every_step_loses_nothing(kafka_bootstrap, model, model_dir, tmp_path, guarantee):
+    """SIGKILL `hiddenstate serve` at each step of a batch (and once from outside), restarting it each time.
+
+    One stream, seven processes: six die (CRASHES), the last reads to the end. exactly_once includes two
+    kills inside an open transaction (`produced`, `before_commit`).
     At-least-once: every input offset is scored (or dead-lettered) at least once, every score equals the
-    uninterrupted run's, and the alert episodes after de-duplication are exactly the uninterrupted run's.
-    Exactly-once, read with read_committed: every input offset scored exactly once, no duplicate alert.
+    uninterrupted run's within 1e-5, and the alert episodes after de-duplication are exactly the uninterrupted
+    run's. Exactly-once, read with read_committed: every input offset scored exactly once, each alert event
+    once, no dead letter.
     """
     eos = guarantee == "exactly_once"
     messages = fleet(sensors=30, steps=120, seed=3)  # 3600 readings; the spike of s05 at steps 90-95
     ref_scores, ref_events = reference(model, messages)
     assert any(e.kind.value == "raise" for e in ref_events)
-    kill_after = [600, 1700, 2800]  # committed offsets (all partitions) after which the process is killed
 
     async def scenario():
         topics = await new_topics(kafka_bootstrap)
@@ -170,22 +203,36 @@ def test_kill_9_mid_stream_loses_no_alert(kafka_bootstrap, model, model_dir, tmp
         await produce(kafka_bootstrap, topics["in"], messages)
         ends = await end_offsets(kafka_bootstrap, topics["in"])
         killed_at = []
-        for i, n in enumerate(kill_after):
+        for i, crash in enumerate(CRASHES):
             log_path = tmp_path / f"serve{i}.log"
-            proc = await _start(cmd, log_path)
-            try:
-                committed = await wait_committed(kafka_bootstrap, group, topics["in"], {}, timeout=120,
-                                                 predicate=lambda c, n=n: sum(c.values()) >= n)
-            except TimeoutError:
-                proc.kill()
+            point, n = crash.split(":")
+            before = await _committed_total(kafka_bootstrap, group, topics["in"])
+            if point == "external":
+                proc = await _start_env(cmd, log_path)
+                try:
+                    await wait_committed(kafka_bootstrap, group, topics["in"], {}, timeout=120,
+                                         predicate=lambda c, n=before + int(n): sum(c.values()) >= n)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+                    raise AssertionError(log_path.read_text()[-3000:]) from None
+                proc.send_signal(signal.SIGKILL)
                 await proc.wait()
-                raise AssertionError(log_path.read_text()[-3000:]) from None
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            killed_at.append(sum((await committed_offsets(kafka_bootstrap, group, topics["in"])).values()))
-            assert sum(committed.values()) < sum(ends.values()), "the stream ended before the kill"
+            else:
+                proc = await _start_env(cmd, log_path, HIDDENSTATE_CRASH_AT=crash)
+                try:
+                    await asyncio.wait_for(proc.wait(), 120)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+                    raise AssertionError(f"{crash} never reached:\n{log_path.read_text()[-3000:]}") from None
+                assert f"crash point {point} reached" in log_path.read_text(), log_path.read_text()[-3000:]
+            assert proc.returncode == -signal.SIGKILL, (crash, proc.returncode)
+            after = await _committed_total(kafka_bootstrap, group, topics["in"])
+            killed_at.append((crash, before, after))
+            assert after < sum(ends.values()), f"the stream ended before the kill at {crash}"
         log_path = tmp_path / "serve-last.log"
-        proc = await _start(cmd, log_path)
+        proc = await _start_env(cmd, log_path)
         try:
             await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=180)
         finally:
@@ -193,11 +240,16 @@ def test_kill_9_mid_stream_loses_no_alert(kafka_bootstrap, model, model_dir, tmp
             await asyncio.wait_for(proc.wait(), 30)
         outputs = {k: await read_topic(kafka_bootstrap, topics[k], committed_only=eos)
                    for k in ("scores", "alerts", "dlq")}
+        outputs["all_scores"] = await read_topic(kafka_bootstrap, topics["scores"], committed_only=False)
         return ends, killed_at, outputs
 
     ends, killed_at, outputs = asyncio.run(scenario())
-    logs = "".join((tmp_path / f"serve{i}.log").read_text() for i in (1, 2)) + (tmp_path / "serve-last.log").read_text()
-    assert logs.count("restored state of partitions") >= 3, logs[-3000:]
+    if eos:  # the kills inside open transactions left aborted outputs behind, which read_committed hides
+        assert len(outputs["all_scores"]) > len(outputs["scores"])
+    logs = "".join((tmp_path / f"serve{i}.log").read_text() for i in range(1, len(CRASHES)))
+    logs += (tmp_path / "serve-last.log").read_text()
+    # every process after the first restored (but the one killed while restoring)
+    assert logs.count("restored state of partitions") >= len(CRASHES) - 1, logs[-3000:]
     seen = {(int(header(r, "source_partition")), int(header(r, "source_offset")))
             for r in outputs["scores"] + outputs["dlq"]}
     wanted = {(p, o) for p, end in ends.items() for o in range(end)}
@@ -213,9 +265,100 @@ def test_kill_9_mid_stream_loses_no_alert(kafka_bootstrap, model, model_dir, tmp
         assert len(scores) == len(ref_scores) and outputs["dlq"] == []
         assert len(episodes) == len(set(episodes))
     reasons = collections.Counter(header(r, "reason") for r in outputs["dlq"])
-    log.info(guarantee + ": kill -9 after %s committed of %d: %d scores for %d readings (%d duplicates), dead letters %s",
-             killed_at, sum(ends.values()), len(scores), len(ref_scores), len(scores) - len(ref_scores),
-             dict(reasons))
+    log.info(guarantee + ": killed at (point, committed before, committed after) %s of %d: %d scores for %d readings "
+             "(%d duplicates; %d with aborted ones), %d alert events for %d, dead letters %s", killed_at,
+             sum(ends.values()), len(scores), len(ref_scores), len(scores) - len(ref_scores),
+             len(outputs["all_scores"]), len(episodes), len(ref_events), dict(reasons))
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_rebalance_moves_state_through_the_changelog(kafka_bootstrap, model, guarantee):
+    """Mid-stream, B joins A's group (A hands over partitions, B restores them), then A leaves (B restores the rest).
+
+    The readings keep arriving while the partitions move. Every sensor's state goes from A to B through the
+    changelog, so the outputs are those of one uninterrupted instance: every reading scored, scores within 1e-5,
+    the same alert episodes (s05's spike comes after B joined, at the end: a sensor started fresh would still be
+    warming up and miss it); exactly once in the read_committed view with exactly_once.
+    """
+    eos = guarantee == "exactly_once"
+    sensors, steps = 32, 120
+    messages = fleet(sensors=sensors, steps=steps, seed=6)
+    ref_scores, ref_events = reference(model, messages)
+    assert any(e.kind.value == "raise" for e in ref_events)
+    part1, part2 = sensors * 30, sensors * 60  # steps 0-29 before B joins, 30-59 while it joins, 60- while A leaves
+
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap)
+        group = unique_name("g")
+        cfg = service_config(kafka_bootstrap, topics, group, max_batch=64, processing_guarantee=guarantee)
+        # two instances in one process: each needs its own transactional id
+        a = ScoringService(cfg.model_copy(update={"transactional_id": unique_name("txn-a")}), model)
+        b = ScoringService(cfg.model_copy(update={"transactional_id": unique_name("txn-b")}), model)
+        b_joined, a_leaving = asyncio.Event(), asyncio.Event()
+
+        async def feed():
+            await produce(kafka_bootstrap, topics["in"], messages[:part1])
+            await b_joined.wait()
+            for i in range(part1, part2, sensors):  # one step of the fleet every 0.1 s
+                await produce(kafka_bootstrap, topics["in"], messages[i:i + sensors])
+                await asyncio.sleep(0.1)
+            await a_leaving.wait()
+            for i in range(part2, len(messages), sensors):
+                await produce(kafka_bootstrap, topics["in"], messages[i:i + sensors])
+                await asyncio.sleep(0.1)
+
+        feeding = asyncio.create_task(feed())
+        loop = asyncio.get_running_loop()
+        await a.start()
+        run_a = asyncio.create_task(a.run())
+        await wait_committed(kafka_bootstrap, group, topics["in"], {}, timeout=120,
+                             predicate=lambda c: sum(c.values()) >= part1)
+        await b.start()
+        run_b = asyncio.create_task(b.run())
+        b_joined.set()
+        deadline = loop.time() + 90
+        while not (b.checkpoint_stats.restores >= 1 and a.consumer.assignment() and b.consumer.assignment()):
+            assert loop.time() < deadline, "the group did not split the partitions"
+            await asyncio.sleep(0.1)
+        split = {"a": {tp.partition for tp in a.consumer.assignment()},
+                 "b": {tp.partition for tp in b.consumer.assignment()}}
+        assert not feeding.done(), "the stream ended before B joined"
+        a_leaving.set()
+        a.request_stop()
+        await asyncio.wait_for(run_a, 60)
+        await a.close()  # leaves the group: B gets every partition
+        await feeding
+        ends = await end_offsets(kafka_bootstrap, topics["in"])
+        await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
+        b_partitions = {tp.partition for tp in b.consumer.assignment()}
+        b.request_stop()
+        await asyncio.wait_for(run_b, 60)
+        await b.close()
+        outputs = {k: await read_topic(kafka_bootstrap, topics[k], committed_only=eos)
+                   for k in ("scores", "alerts", "dlq")}
+        return split, b_partitions, a, b, ends, outputs
+
+    split, b_partitions, a, b, ends, outputs = asyncio.run(scenario())
+    assert split["a"] and split["b"] and not split["a"] & split["b"]
+    assert b_partitions == {0, 1, 2, 3}
+    # B restored A's sensors twice over: its share when it joined, the rest when A left
+    assert b.checkpoint_stats.restores >= 2 and b.checkpoint_stats.restored >= sensors
+    assert b.checkpoint_stats.refused == 0 and b.checkpoint_stats.model_changed == 0
+    assert a.stats.dropped_sensors > 0 and a.stats.scored > 0 and b.stats.scored > 0
+    seen = {(int(header(r, "source_partition")), int(header(r, "source_offset"))) for r in outputs["scores"]}
+    assert seen == {(p, o) for p, end in ends.items() for o in range(end)}
+    assert outputs["dlq"] == []
+    scores = _scores(outputs["scores"])
+    assert {(s, ts) for s, ts, _ in scores} == ref_scores.keys()
+    worst = max(abs(v - ref_scores[(s, ts)]) for s, ts, v in scores)
+    assert worst < 1e-5, worst
+    episodes = _episodes(outputs["alerts"])
+    assert set(episodes) == _ref_episodes(ref_events)
+    if eos:
+        assert len(scores) == len(ref_scores) and len(episodes) == len(set(episodes))
+    log.info("%s: split A %s / B %s, B restored %d sensors in %d restores; %d scores for %d readings",
+             guarantee, sorted(split["a"]), sorted(split["b"]), b.checkpoint_stats.restored,
+             b.checkpoint_stats.restores, len(scores), len(ref_scores))
 
 
 def _states(model, sensors: int, steps: int, seed: int) -> tuple[list[str], list[bytes], Engine]:
