@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name (default: the directory's name)")
     arch = parser.add_argument_group("network")
     arch.add_argument("--arch", choices=["gru", "lstm", "rnn", "encdec", "bidir"], default="gru",
-                      help="architecture (default gru); encdec and bidir need an engine that honours target_offset")
+                      help="architecture (default gru)")
     arch.add_argument("--activation", choices=ACTIVATIONS, default="tanh", help="rnn activation (default tanh)")
     arch.add_argument("--negative-slope", type=float, default=0.01,
                       help="leaky_relu slope, or prelu's initial learned slope (default 0.01)")
