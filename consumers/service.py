@@ -542,11 +542,15 @@ class ScoringService:
             if self._owner.get(sensor) != tp:
                 self._owner[sensor] = tp
             self._touched[sensor] = tp
+            self.stats.scored += 1
+            if not result.released[j]:  # a look-ahead model scores this reading `delay` readings later
+                continue
+            target_ts = float(result.target_ts[j])
             expected = result.expected[j].tolist()
-            seen = decoded.values[i].tolist()
+            seen = result.seen[j].tolist()
             doc = {
                 "sensor_id": sensor,
-                "ts": float(result.ts[j]),
+                "ts": target_ts,
                 "score": float(result.score[j]),
                 "anomalous": bool(result.anomalous[j]),
                 "alerting": bool(result.alerting[j]),
@@ -554,10 +558,11 @@ class ScoringService:
                 "values": dict(zip(names, seen)) if names else seen,
                 "model": model_id,
             }
+            if result.delay:
+                doc["delay"] = result.delay
             key = sensor.encode()
             outputs.append(Output(cfg.scores_topic, key, orjson.dumps(doc, option=JSON_OPTIONS), headers))
-            scored_at[(sensor, float(result.ts[j]))] = i
-            self.stats.scored += 1
+            scored_at[(sensor, target_ts)] = i
         if result is not None:
             for event in result.events:
                 if names and event.channel_name is None and event.channel < len(names):

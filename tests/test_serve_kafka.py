@@ -104,8 +104,8 @@ def reference(model: Model, messages: list[tuple[bytes, bytes]], **decoder_optio
     rows = decoded.engine_rows
     result = engine.step([decoded.sensor_ids[i] for i in rows], decoded.ts[rows], decoded.values[rows],
                          decoded.status[rows])
-    scores = {(result.sensor_ids[j], float(result.ts[j])): float(result.score[j])
-              for j in range(len(result)) if result.status[j] == 0}
+    scores = {(result.sensor_ids[j], float(result.target_ts[j])): float(result.score[j])
+              for j in range(len(result)) if result.released[j]}
     return scores, result.events
 
 
