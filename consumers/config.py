@@ -86,6 +86,11 @@ class ServiceConfig(BaseSettings):
         description="Most values per reading: more are wrong_channels, and the channel count is never learnt "
                     "above it (each channel costs state in every sensor's slot).",
     )
+    max_future_seconds: float | None = Field(
+        86_400.0, gt=0,
+        description="Readings stamped further ahead of this machine's clock are bad_timestamp (the engine's "
+                    "event-time clock, which ages out idle sensors, must not jump); None = no limit.",
+    )
     sensor_id_pattern: str | None = Field(
         None, min_length=1,
         description="Regular expression every sensor id must match in full (e.g. `[A-Za-z0-9._:-]+`), else "

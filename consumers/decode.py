@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -132,6 +134,10 @@ class Decoder:
         channel_names: Sequence[str] | None = None,
         max_message_bytes: int = 65_536,
         max_readings: int = MAX_READINGS_PER_MESSAGE,
+        max_key_bytes: int = 1024,
+        max_channels: int = MAX_CHANNELS,
+        sensor_id_pattern: str | None = None,
+        max_future_seconds: float | None = None,
     ) -> None:
         if channel_names is not None:
             channel_names = list(channel_names)
@@ -142,12 +148,21 @@ class Decoder:
         self.channel_names: list[str] | None = channel_names
         self.max_message_bytes = max_message_bytes
         self.max_readings = max_readings
+        # hostile-input limits (docs/security.md): checked before anything is parsed or learnt
+        self.max_key_bytes = max_key_bytes
+        self.max_channels = max_channels
+        self.sensor_id_pattern = re.compile(sensor_id_pattern) if sensor_id_pattern is not None else None
+        self.max_future_seconds = max_future_seconds
 
     def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
         """Decode (key, value) pairs into one row per reading; never raises."""
         rows: list[tuple[int, int, object]] = []  # (message, index in its batch or -1, parsed JSON of a batched reading)
         parsed: list[tuple[str, float, object] | tuple[DeadLetterReason, str]] = []
         for m, (key, value) in enumerate(messages):
+            if key is not None and len(key) > self.max_key_bytes:
+                rows.append((m, -1, None))
+                parsed.append((DeadLetterReason.TOO_LARGE, f"key of {len(key)} bytes > max_key_bytes {self.max_key_bytes}"))
+                continue
             try:
                 doc = self._load(value)
                 if isinstance(doc, tuple):
@@ -206,6 +221,11 @@ class Decoder:
             if not math.isfinite(ts):
                 out.status[i] = RejectReason.BAD_TIMESTAMP
                 out.details[i] = "ts is not epoch seconds, epoch milliseconds or an ISO-8601 string"
+                continue
+            if self.max_future_seconds is not None and ts > time.time() + self.max_future_seconds:
+                # the engine's event-time clock is its largest ts: one far-future reading would age out every sensor
+                out.status[i] = RejectReason.BAD_TIMESTAMP
+                out.details[i] = f"ts {ts:.0f} is more than max_future_seconds {self.max_future_seconds:g} ahead of now"
                 continue
             out.ts[i] = ts
             if self.channels is None:  # no message of the batch could say how many channels there are
@@ -273,6 +293,10 @@ class Decoder:
             except UnicodeDecodeError:
                 raw_id = None
         sensor_id = coerce_sensor_id(raw_id) or ""
+        if sensor_id and self.sensor_id_pattern is not None and not self.sensor_id_pattern.fullmatch(sensor_id):
+            return DeadLetterReason.BAD_SENSOR_ID, (
+                f"{where}sensor id {_short(sensor_id)} does not match sensor_id_pattern {self.sensor_id_pattern.pattern}"
+            )
         if "ts" not in doc or doc["ts"] is None:
             return DeadLetterReason.MISSING_FIELD, f"{where}no ts field"
         if "values" in doc and doc["values"] is not None:
@@ -285,11 +309,11 @@ class Decoder:
 
     def _learn_channels(self, raw: object) -> None:
         if isinstance(raw, dict):
-            if 1 <= len(raw) <= MAX_CHANNELS and all(isinstance(k, str) for k in raw):
+            if 1 <= len(raw) <= self.max_channels and all(map(_channel_name, raw)):
                 self.channel_names = sorted(raw)
                 self.channels = len(self.channel_names)
         elif isinstance(raw, list):
-            if 1 <= len(raw) <= MAX_CHANNELS:
+            if 1 <= len(raw) <= self.max_channels:
                 self.channels = len(raw)
         elif isinstance(raw, Real) and not isinstance(raw, bool):
             self.channels = 1
@@ -299,7 +323,7 @@ class Decoder:
         assert channels is not None
         if isinstance(raw, dict):
             if self.channel_names is None:
-                if len(raw) != channels or not all(isinstance(k, str) for k in raw):
+                if len(raw) != channels or not all(map(_channel_name, raw)):
                     return None, RejectReason.WRONG_CHANNELS, f"{len(raw)} values for {channels} channels"
                 self.channel_names = sorted(raw)
             if len(raw) != len(self.channel_names) or any(name not in raw for name in self.channel_names):
@@ -320,7 +344,10 @@ class Decoder:
 def _timestamp(ts: object) -> float:
     """Epoch seconds from seconds, milliseconds or ISO-8601; NaN if unusable."""
     if isinstance(ts, Real) and not isinstance(ts, bool):
-        value = float(ts)
+        try:
+            value = float(ts)
+        except OverflowError:  # an integer beyond float range (the stdlib parser reads any length)
+            return math.nan
         if math.isfinite(value) and abs(value) > MS_THRESHOLD:
             value /= 1000.0
         return value if math.isfinite(value) else math.nan
@@ -328,6 +355,11 @@ def _timestamp(ts: object) -> float:
         value = coerce_timestamp(ts)
         return math.nan if value is None else value
     return math.nan
+
+
+def _channel_name(name: object) -> bool:
+    """A channel name is held by the config of every output: a printable string of 1-256 characters, like an id."""
+    return isinstance(name, str) and coerce_sensor_id(name) == name
 
 
 def _lenient_json(value: bytes) -> object | None:

@@ -148,6 +148,7 @@ class ScoringService:
         self._assigned: frozenset[TopicPartition] | None = None  # None: no assignment (yet, or being revoked)
         self._broker_ok: float | None = None  # monotonic time of the last successful broker round trip
         self._broker_ok_wall: float | None = None
+        self._broker_lost: float | None = None  # monotonic time a broker probe first failed (None: answering)
         self._lag: dict[tuple[str, int], int] = {}
         self._probe_now = asyncio.Event()
         # state checkpoints (consumers/checkpoints.py, docs/state.md)
@@ -295,6 +296,10 @@ class ScoringService:
     def _broker_contact(self) -> None:
         self._broker_ok = time.monotonic()
         self._broker_ok_wall = time.time()
+        if self._broker_lost is not None:
+            log.info("Kafka at %s answers again after %.1fs", self.config.bootstrap_servers,
+                     self._broker_ok - self._broker_lost)
+            self._broker_lost = None
 
     def health(self) -> tuple[bool, Checks]:
         """Liveness: the event loop and, while `run()` runs, the processing loop go round."""
@@ -357,7 +362,13 @@ class ScoringService:
                 await asyncio.wait_for(consumer.topics(), timeout)
                 ends = {}
         except (KafkaError, TimeoutError, OSError) as exc:
-            log.debug("broker probe failed: %s", _err(exc))
+            if self._broker_lost is None:  # once per outage; the clients reconnect by themselves
+                self._broker_lost = time.monotonic()
+                reason = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else _err(exc)
+                log.warning("Kafka at %s not answering (%s); waiting for it, nothing is committed until the outputs "
+                            "are acknowledged", self.config.bootstrap_servers, reason)
+            else:
+                log.debug("broker probe failed: %s", _err(exc))
             return
         self._broker_contact()
         lag: dict[tuple[str, int], int] = {}

@@ -25,7 +25,7 @@ from detector.errors import ModelError
 from detector.networks import Network
 from detector.state_codec import StateCodec
 from detector.state_pool import Rows, StatePool
-from detector.validation import SCORED, RejectReason
+from detector.validation import MAX_ABS_VALUE, SCORED, RejectReason
 
 
 @dataclass
@@ -153,8 +153,12 @@ class Engine:
             delay=self.delay or 0,
         )
         self._check_stateless(result, values)
-        rows = np.flatnonzero(status == SCORED)
-        if rows.size:
+        accepted = np.flatnonzero(status == SCORED)
+        # The pool cannot hold more distinct sensors than its capacity at once: a batch with more readings
+        # (e.g. a flood of new ids) is stepped a pool-full at a time, evicting as it goes, instead of failing.
+        chunk = self.pool.capacity
+        for start in range(0, accepted.size, chunk):
+            rows = accepted[start:start + chunk]
             ids = result.sensor_ids if rows.size == n else [result.sensor_ids[i] for i in rows.tolist()]
             slots = self.pool.assign(ids)
             if (slots < 0).any():  # ids the pool refused: empty or too long
@@ -179,7 +183,7 @@ class Engine:
             status[status == SCORED] = RejectReason.WRONG_CHANNELS
             return
         bad_ts = ~np.isfinite(result.ts)
-        bad_values = ~np.isfinite(values).all(axis=1)
+        bad_values = ~(np.abs(values) <= MAX_ABS_VALUE).all(axis=1)  # NaN, inf, or beyond what the state can hold
         if bad_ts.any() or bad_values.any():
             ok = status == SCORED
             status[ok & bad_ts] = RejectReason.BAD_TIMESTAMP

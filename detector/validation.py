@@ -15,6 +15,9 @@ from numbers import Real
 import numpy as np
 
 MAX_SENSOR_ID_LENGTH = 256
+MAX_ABS_VALUE = 1e15
+"""Largest |value| accepted. Sensor state keeps variances in float32 (at most 3.4e38): one reading far beyond
+this would overflow them and leave the sensor's scores NaN for good, so such readings are rejected as not_finite."""
 
 
 class RejectReason(IntEnum):
@@ -93,7 +96,7 @@ def coerce_values(values: object, channels: int) -> tuple[np.ndarray | None, Rej
         row = np.asarray(items, dtype=np.float64)
     except OverflowError:
         return None, RejectReason.NOT_FINITE
-    if not np.all(np.isfinite(row)):
+    if not np.all(np.abs(row) <= MAX_ABS_VALUE):  # NaN and inf fail too
         return None, RejectReason.NOT_FINITE
     return row, None
 

@@ -96,6 +96,7 @@ def test_same_sensor_twice_in_one_batch_is_stepped_in_order(small_model):
         (1.0, 5.0, RejectReason.OUT_OF_ORDER),
         (1.0, 9.0, RejectReason.DUPLICATE),
         (1e400, 100.0, RejectReason.NOT_FINITE),
+        (-1e16, 100.0, RejectReason.NOT_FINITE),  # finite, but beyond MAX_ABS_VALUE: would poison float32 state
     ],
 )
 def test_bad_input_is_rejected_with_reason_and_leaves_state_untouched(small_model, values, ts, reason):
@@ -119,6 +120,17 @@ def test_bad_sensor_ids_are_rejected(small_model):
     r = det.score_many(["", "x" * 300, None, 3.5, "ok\x00", "good"], [1.0] * 6, [1.0] * 6)
     assert [r.reason(i) for i in range(6)] == [RejectReason.BAD_SENSOR_ID] * 5 + [None]
     assert len(det) == 1
+
+
+def test_a_batch_of_more_new_sensors_than_capacity_evicts_instead_of_failing(small_model):
+    """A flood of distinct ids in one batch (hostile input): every reading scored, the pool stays bounded."""
+    det = Detector(small_model, config=DetectorConfig(capacity=10, initial_capacity=4), channels=1)
+    det.score_many(["keep"], [0.0], [1.0])
+    r = det.score_many([f"flood-{i}" for i in range(95)] + ["keep"], [1.0] * 96, [1.0] * 96)
+    assert all(r.reason(i) is None for i in range(96))
+    pool = det.engine.pool
+    assert len(pool) == 10 and pool.allocated == 10
+    assert pool.stats.evicted_capacity == 96 - 10 + 1  # "keep" was evicted too and came back fresh
 
 
 def test_bad_rows_do_not_disturb_others_in_the_batch(small_model):

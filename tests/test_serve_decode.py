@@ -205,3 +205,41 @@ def test_decode_never_raises(messages):
         if out.dead[i] is not None or out.status[i] != 0:
             value = out.dead_letter_value(i, messages[out.message[i]][1])
             assert value is None or isinstance(value, bytes)
+
+
+def test_hostile_input_limits():
+    d = Decoder(channels=1, max_key_bytes=16, sensor_id_pattern=r"[a-z0-9-]+")
+    ok = b'{"ts": 1, "value": 1}'
+    assert reason(d, ok, key=b"k" * 16) is None
+    out, dead, _ = one(d, ok, key=b"k" * 17)
+    assert dead == (DeadLetterReason.TOO_LARGE, "key of 17 bytes > max_key_bytes 16")
+    out, dead, _ = one(d, b'{"sensor_id": "Pump 7", "ts": 1, "value": 1}')
+    assert dead[0] is DeadLetterReason.BAD_SENSOR_ID and "sensor_id_pattern" in dead[1]
+    assert reason(d, ok, key=b"pump\xe2\x80\xae7") == "bad_sensor_id"  # the key is an id too (here with U+202E)
+    assert reason(d, b'{"sensor_id": "pump-7", "ts": 1, "value": 1}') is None
+    # an integer timestamp beyond float range (the stdlib parser reads any length)
+    assert reason(d, b'{"sensor_id": "a", "ts": 1' + b"0" * 400 + b', "value": 1}') == "bad_timestamp"
+
+
+def test_channel_count_and_names_are_learnt_only_within_limits():
+    d = Decoder(max_channels=4)
+    out = d.decode([(b"a", orjson.dumps({"ts": 1, "values": list(range(5))})),
+                    (b"a", b'{"ts": 2, "values": {"\\ud800": 1, "b": 2}}'),  # a lone surrogate cannot be a name
+                    (b"a", orjson.dumps({"ts": 3, "values": [1, 2, 3, 4]}))])
+    assert d.channels == 4 and d.channel_names is None
+    assert [RejectReason(int(s)).label if s else None for s in out.status] == ["wrong_channels", "wrong_channels", None]
+    d = Decoder(max_channels=4)
+    d.decode([(b"a", b'{"ts": 1, "values": {"\\ud800": 1, "b": 2}}')])
+    assert d.channels is None  # not learnt from a name no output could carry
+
+
+def test_far_future_timestamps_are_rejected_when_limited():
+    import time
+
+    now = time.time()
+    d = Decoder(channels=1, max_future_seconds=3600)
+    assert reason(d, orjson.dumps({"ts": now + 60, "value": 1})) is None
+    assert reason(d, orjson.dumps({"ts": (now + 7200) * 1000, "value": 1})) == "bad_timestamp"  # in milliseconds too
+    out, _, _ = one(d, orjson.dumps({"ts": 99e12, "value": 1}))
+    assert "max_future_seconds 3600" in out.details[0]
+    assert reason(Decoder(channels=1), orjson.dumps({"ts": 99e12, "value": 1})) is None  # no limit by default
