@@ -187,6 +187,30 @@ def test_endpoints_answer_and_nothing_else(model):
         urllib.request.urlopen(base + "/healthz", timeout=2)
 
 
+def test_endpoints_listen_only_on_the_configured_address(model):
+    """metrics_address is honoured: bound to 127.0.0.2, the port answers there and refuses on 127.0.0.1."""
+
+    async def scenario():
+        service = ScoringService(_config(metrics_address="127.0.0.2"), model)
+        starting = asyncio.create_task(service.start())
+        for _ in range(50):
+            if service.http_port:
+                break
+            await asyncio.sleep(0.05)
+        port = service.http_port
+        there = await asyncio.to_thread(get, f"http://127.0.0.2:{port}/healthz")
+        with socket.socket() as probe:
+            elsewhere = probe.connect_ex(("127.0.0.1", port))
+        service.request_stop()
+        with pytest.raises(StopRequested):
+            await asyncio.wait_for(starting, 10)
+        return there, elsewhere
+
+    there, elsewhere = asyncio.run(scenario())
+    assert there[0] == 200
+    assert elsewhere != 0  # connection refused: nothing listens on the other address
+
+
 def test_health_fails_when_a_loop_is_stale(model):
     service = ScoringService(_config(health_stall_seconds=2.0), model)
     assert service.health()[0]  # nothing started: nothing stale
