@@ -238,8 +238,10 @@ class Engine:
                 count_r = count[r] - k
                 expected = r_mean[r] + r_std[r] * estimate[r]
                 expected_std = r_std[r] * np.exp(0.5 * logvar[r])
+                # as for forecasters, the first reading after a reset has no estimate from before it: not scored
+                has_estimate = (count_r >= calibration.MIN_READINGS) & (st.since_reset[r] > k)
                 self._score(result, rows[r], st, r, r_ts[r], r_x[r], r_mean[r], r_std[r], expected, expected_std,
-                            count_r, count_r >= calibration.MIN_READINGS)
+                            count_r, has_estimate)
         st.count[:] = count + 1
         st.since_reset += 1
         st.last_ts[:] = ts
