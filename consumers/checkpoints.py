@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -96,11 +97,16 @@ async def ensure_changelog(config: ServiceConfig) -> int:
     """Create the compacted changelog topic if it is missing; returns its partition count.
 
     Partitions: the most of any input topic's (changelog partition p mirrors input partition p).
+    Only topics that exist are described: aiokafka's `describe_topics` is a Metadata request that
+    lets the broker auto-create a missing topic (`auto.create.topics.enable`, on by default), which
+    would make the changelog an ordinary topic with `cleanup.policy=delete`.
     """
     admin = AIOKafkaAdminClient(**config.kafka_client_kwargs())
     await admin.start()
     try:
-        described = await admin.describe_topics([*config.input_topics, config.changelog_name])
+        existing = set(await admin.list_topics())
+        named = [t for t in (*config.input_topics, config.changelog_name) if t in existing]
+        described = await admin.describe_topics(named) if named else []
         parts: dict[str, int] = {}
         for t in described:
             if t.get("error_code", 0) == 0:
@@ -111,6 +117,7 @@ async def ensure_changelog(config: ServiceConfig) -> int:
             if have < wanted:
                 log.warning("changelog topic %s has %d partitions, fewer than the input's %d: the sensors of input "
                             "partitions >= %d are not checkpointed", config.changelog_name, have, wanted, have)
+            await _warn_unless_compacted(admin, config.changelog_name)
             return have
         try:
             await admin.create_topics([NewTopic(
@@ -118,11 +125,27 @@ async def ensure_changelog(config: ServiceConfig) -> int:
                 topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
             )])
             log.info("created the compacted changelog topic %s with %d partition(s)", config.changelog_name, wanted)
-        except TopicAlreadyExistsError:
-            pass
+        except TopicAlreadyExistsError:  # made meanwhile (another instance, or just before our metadata saw it)
+            await _warn_unless_compacted(admin, config.changelog_name)
         return wanted
     finally:
         await admin.close()
+
+
+async def _warn_unless_compacted(admin: AIOKafkaAdminClient, topic: str) -> None:
+    """Log a warning if an existing changelog topic is not compacted (its old states are deleted, it grows)."""
+    try:
+        response = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        error_code, _message, _type, _name, entries = response[0].resources[0][:5]
+    except (KafkaError, IndexError) as exc:  # no DescribeConfigs ACL, say: nothing to check with
+        log.debug("cannot read the configuration of %s: %s", topic, exc)
+        return
+    policy = next((value for name, value, *_ in entries if name == "cleanup.policy"), None)
+    if error_code == 0 and policy is not None and "compact" not in policy.split(","):
+        log.warning("changelog topic %s has cleanup.policy=%s, not compact: sensor states older than its retention "
+                    "are deleted (those sensors restore fresh) and it keeps every version until then. Set "
+                    "cleanup.policy=compact on it (kafka-configs.sh --alter --entity-type topics --entity-name %s "
+                    "--add-config cleanup.policy=compact)", topic, policy, topic)
 
 
 @dataclass

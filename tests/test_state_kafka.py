@@ -19,6 +19,8 @@ import numpy as np
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumers import crash
 from consumers.checkpoints import MARKER_PREFIX
@@ -359,6 +361,122 @@ def test_rebalance_moves_state_through_the_changelog(kafka_bootstrap, model, gua
     log.info("%s: split A %s / B %s, B restored %d sensors in %d restores; %d scores for %d readings",
              guarantee, sorted(split["a"]), sorted(split["b"]), b.checkpoint_stats.restored,
              b.checkpoint_stats.restores, len(scores), len(ref_scores))
+
+
+async def _topic_configs(bootstrap: str, topic: str, update: dict[str, str] | None = None) -> dict[str, str]:
+    """The topic's configuration; with `update`, first set those keys (keeping the topic's other settings)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        def current(responses) -> dict[str, str]:
+            resource = responses[0].resources[0]  # (error_code, error_message, type, name, configs)
+            assert resource[0] == 0, resource[1]
+            return {entry[0]: entry[1] for entry in resource[4]}
+
+        configs = current(await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]))
+        if update:
+            # AlterConfigs replaces the whole set: send the settings made on the topic plus the update
+            ours = {k: configs[k] for k in ("cleanup.policy", "min.compaction.lag.ms")}
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {**ours, **update})])
+            configs = current(await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)]))
+    finally:
+        await admin.close()
+    return configs
+
+
+def test_changelog_is_compacted_to_one_record_per_sensor(kafka_bootstrap, model, caplog):
+    """The changelog the service creates is compacted: once the broker's log cleaner ran, one record per sensor
+    (its latest state) and one marker per partition are left, and a restore reads just those.
+
+    The service writes every sensor's state at each of 60 batches; the test makes the broker roll the topic's
+    segments every 200 ms and clean at any dirty ratio, then waits for the cleaner (it wakes every 15 s).
+    """
+    sensors, steps, partitions = 40, 60, 2
+    messages = fleet(sensors=sensors, steps=steps, seed=7)
+    ids = [f"s{i:02d}" for i in range(sensors)]
+
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap, partitions=partitions)
+        group = unique_name("g")
+        cfg = service_config(kafka_bootstrap, topics, group, max_batch=sensors)
+        changelog = cfg.changelog_name
+        async with ScoringService(cfg, model) as service:  # start() creates the changelog
+            created = await _topic_configs(kafka_bootstrap, changelog)
+            tuned = await _topic_configs(kafka_bootstrap, changelog,
+                                         {"segment.ms": "200", "min.cleanable.dirty.ratio": "0.01"})
+            task = asyncio.create_task(service.run())
+            await produce(kafka_bootstrap, topics["in"], messages)
+            ends = await end_offsets(kafka_bootstrap, topics["in"])
+            await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
+            service.request_stop()
+            await asyncio.wait_for(task, 30)
+        latest = dict(zip(ids, service.engine.export_state(ids)))
+        written = service.checkpoint_stats.records
+        # the cleaner never touches the active segment: one more record per partition, after segment.ms, rolls it
+        await asyncio.sleep(0.5)
+        roll = b"\x00roll"
+        for p in range(partitions):
+            await produce(kafka_bootstrap, changelog, [(roll, None)], partition_of={roll: p})
+        deadline = time.monotonic() + 90
+        while True:
+            records = await read_all(kafka_bootstrap, changelog)
+            per_key = collections.Counter((r.partition, r.key) for r in records)
+            if max(per_key.values()) == 1 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1.0)
+        caplog.set_level(logging.INFO, logger="hiddenstate.serve")
+        async with ScoringService(cfg, model) as restorer:  # a restart: restores from the compacted changelog
+            task = asyncio.create_task(restorer.run())
+            deadline = time.monotonic() + 60
+            while restorer.checkpoint_stats.restores == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            restorer.request_stop()
+            await asyncio.wait_for(task, 30)
+        restored = restorer.engine.export_state(ids) if restorer.engine is not None else None
+        return created, tuned, written, latest, ends, records, per_key, restorer, restored
+
+    created, tuned, written, latest, ends, records, per_key, restorer, restored = asyncio.run(scenario())
+    assert created["cleanup.policy"] == "compact"
+    assert tuned["cleanup.policy"] == "compact" and tuned["segment.ms"] == "200"
+    assert written >= sensors * steps // 2  # every sensor written at many checkpoints
+    assert max(per_key.values()) == 1, f"not compacted within 90 s: {per_key.most_common(3)}"
+    states = {r.key.decode(): r.value for r in records if not r.key.startswith((MARKER_PREFIX, b"\x00roll"))}
+    assert states == latest  # one record per sensor: its latest state
+    markers = {r.partition: int(r.value) for r in records if r.key.startswith(MARKER_PREFIX)}
+    assert markers == ends  # one marker per partition: the end of the input
+    assert len(records) == sensors + 2 * partitions
+    assert restorer.checkpoint_stats.restored == sensors and restored == [latest[s] for s in ids]
+    lines = [r.getMessage() for r in caplog.records if "restored state of partitions" in r.getMessage()]
+    assert lines and f"{len(records)} record(s) read" in lines[-1], lines
+    log.info("changelog: %d state records written, %d records left after compaction", written, len(records))
+
+
+async def _topics(bootstrap: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+def test_existing_changelog_that_is_not_compacted_is_warned(kafka_bootstrap, model, caplog):
+    """A changelog topic made beforehand without compaction is used, with a warning that says how to fix it."""
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap, partitions=2)
+        cfg = service_config(kafka_bootstrap, topics, unique_name("g"))
+        await create_topics(kafka_bootstrap, {cfg.changelog_name: 2})  # the broker's default: cleanup.policy=delete
+        while cfg.changelog_name not in await _topics(kafka_bootstrap):  # a topic the service finds, not makes
+            await asyncio.sleep(0.1)
+        with caplog.at_level(logging.WARNING, logger="hiddenstate.serve"):
+            async with ScoringService(cfg, model) as service:
+                partitions = service._changelog_partitions
+        return cfg, partitions
+
+    cfg, partitions = asyncio.run(scenario())
+    assert partitions == 2
+    warnings = [r.getMessage() for r in caplog.records if "not compact" in r.getMessage()]
+    assert len(warnings) == 1 and cfg.changelog_name in warnings[0] and "cleanup.policy=compact" in warnings[0]
 
 
 def _states(model, sensors: int, steps: int, seed: int) -> tuple[list[str], list[bytes], Engine]:
