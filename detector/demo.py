@@ -14,12 +14,13 @@ wall time, then prints how many injected anomalies were caught.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -236,11 +237,15 @@ def run_demo(
     seconds = time.perf_counter() - started
     if on_progress is not None:
         on_progress(snapshot(started + seconds))
-    return _report(detector, fleet, truth, raises, steps, seconds, cleared, len(open_alerts))
+    stats = detector.stats
+    return _report(detector.model.model_id, stats.scored, stats.network_seconds, fleet, truth, raises, steps, seconds,
+                   cleared, len(open_alerts))
 
 
 def _report(
-    detector: Detector,
+    model_id: str,
+    readings: int,
+    network_seconds: float,
     fleet: Fleet,
     truth: _Truth,
     raises: list[tuple[int, int]],
@@ -249,7 +254,7 @@ def _report(
     cleared: int,
     open_at_end: int,
 ) -> DemoReport:
-    """Score the raised alerts against the injected anomalies."""
+    """Score the raised alerts against the injected anomalies (also for `demo --kafka`, detector/kafka_demo.py)."""
     grace = truth.grace
     raised_at: dict[int, list[int]] = {}
     for sensor, step in raises:
@@ -275,14 +280,13 @@ def _report(
         kind.value: KindQuality(injected[kind.value], evaluated[kind.value], caught[kind.value], caught_during[kind.value])
         for kind in AnomalyKind
     }
-    stats = detector.stats
     return DemoReport(
-        model_id=detector.model.model_id,
+        model_id=model_id,
         sensors=fleet.n,
         steps=steps,
-        readings=stats.scored,
+        readings=readings,
         seconds=seconds,
-        network_seconds=stats.network_seconds,
+        network_seconds=network_seconds,
         alerts_raised=len(raises),
         alerts_cleared=cleared,
         open_at_end=open_at_end,
@@ -310,6 +314,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anomaly-rate", type=float, default=2.0, help="injected anomalies per sensor per 1000 steps (default 2)")
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="steps scored per micro-batch (default 1)")
     parser.add_argument("--no-live", action="store_true", help="print a progress line every few seconds instead of the live view")
+    parser.add_argument("--kafka", action="store_true",
+                        help="go through Kafka: produce the fleet to a broker and score it with the service "
+                             "(starts a local broker with scripts/kafka.sh unless --bootstrap is given)")
+    parser.add_argument("--bootstrap", metavar="HOST:PORT[,...]",
+                        help="with --kafka (implied): use this broker instead of starting a local one")
     add_detector_arguments(parser)
 
 
@@ -319,19 +328,31 @@ def run(args: argparse.Namespace) -> int:
 
     if args.sensors < 1 or args.batch < 1 or args.duration <= 0:
         raise ConfigError("--sensors and --batch must be at least 1 and --duration positive")
-    demo = functools.partial(
-        run_demo, config_from_args(args), args.sensors, args.duration, args.seed, args.anomaly_rate,
-        rate=args.rate, batch=args.batch,
-    )
-    if args.no_live or not sys.stdout.isatty():
-        report = demo(on_progress=_ProgressLines(), progress_interval=0.5)
-    else:
-        from rich.live import Live
+    plain = args.no_live or not sys.stdout.isatty()
+    live = functools.partial(_live_view, plain=plain)
+    if args.kafka or args.bootstrap:
+        from detector.kafka_demo import run as run_through_kafka
 
-        with Live(_render_snapshot(None), refresh_per_second=4, transient=False) as live:
-            report = demo(on_progress=lambda snap: live.update(_render_snapshot(snap)))
+        return run_through_kafka(args, live)
+    with live() as on_progress:
+        report = run_demo(
+            config_from_args(args), args.sensors, args.duration, args.seed, args.anomaly_rate,
+            rate=args.rate, batch=args.batch, on_progress=on_progress, progress_interval=0.5 if plain else 0.25,
+        )
     print(format_report(report))
     return 0
+
+
+@contextlib.contextmanager
+def _live_view(plain: bool) -> Iterator[Callable[[DemoSnapshot], None]]:
+    """The progress callback: the rich live view on a terminal, else (`plain`) a progress line every few seconds."""
+    if plain:
+        yield _ProgressLines()
+        return
+    from rich.live import Live
+
+    with Live(_render_snapshot(None), refresh_per_second=4, transient=False) as live:
+        yield lambda snap: live.update(_render_snapshot(snap))
 
 
 class _ProgressLines:
