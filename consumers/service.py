@@ -552,7 +552,8 @@ class ScoringService:
             tp = TopicPartition(msg.topic, msg.partition)
             if self._owner.get(sensor) != tp:
                 self._owner[sensor] = tp
-            self._touched[sensor] = tp
+            if cfg.checkpoints_enabled:  # read and cleared by the next checkpoint; without one it would only grow
+                self._touched[sensor] = tp
             self.stats.scored += 1
             if not result.released[j]:  # a look-ahead model scores this reading `delay` readings later
                 continue

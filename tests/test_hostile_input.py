@@ -72,9 +72,9 @@ _keys = st.one_of(st.none(), st.binary(max_size=40), st.sampled_from(ODD_TEXT).m
     lambda s: s.encode("utf-8", "surrogatepass")))
 
 
-def _service(channels: int | None) -> ScoringService:
+def _service(channels: int | None, **kw) -> ScoringService:
     cfg = ServiceConfig(max_message_bytes=4096, max_key_bytes=32, max_channels=4, max_readings_per_message=8,
-                        metrics_address="127.0.0.1", metrics_port=0,
+                        metrics_address="127.0.0.1", metrics_port=0, **kw,
                         detector=DetectorConfig(channels=channels, capacity=16, initial_capacity=4, warmup=2))
     return ScoringService(cfg, MODEL)
 
@@ -143,11 +143,12 @@ def test_a_flood_of_new_sensor_ids_stays_within_capacity(n, seed):
     rng = np.random.default_rng(seed)
     messages = [(None, orjson.dumps({"sensor_id": f"flood-{rng.integers(1 << 62)}", "ts": 1.0, "value": 1.0}))
                 for _ in range(n)]
-    service = _service(1)
+    service = _service(1, checkpoints_enabled=False)
     outputs, readings = _run_batches(service, [messages[: n // 2], messages[n // 2:]])
     _check(service, outputs, readings)
     pool = service.engine.pool
     assert service.stats.scored == n and len(pool) == 16
+    assert not service._touched and len(service._owner) <= 2 * 16 + 1024  # nothing else keeps every id
     assert pool.stats.evicted_capacity == len({m[1] for m in messages}) - 16
 
 
