@@ -2,8 +2,8 @@
 
 A Python dict of 10 M string ids costs about 1 GB and a cache miss or two per
 lookup. This map keeps only a 64-bit hash of each id and its slot, in two numpy
-arrays used as an open-addressing hash table (linear probing, load ≤ 1/2): about
-24 bytes per sensor, and a whole micro-batch is looked up with a few vectorised
+arrays used as an open-addressing hash table (linear probing, load 1/4 to 1/2): 24
+to 48 bytes per sensor, and a whole micro-batch is looked up with a few vectorised
 probes instead of a Python loop.
 
 The hash is Python's own `hash(str)` (SipHash, randomised per process), so the
@@ -58,7 +58,7 @@ class IdMap:
     def insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Add keys that are not in the map yet (distinct) with their slots."""
         if self._used + keys.size > self._keys.size // 2:
-            self._rehash(2 * (self._live + keys.size))
+            self._rehash(self._live + keys.size)
         self._place(keys, slots.astype(np.int32))
         self._live += keys.size
         self._used += keys.size
@@ -104,6 +104,12 @@ class IdMap:
             pending, pos = pending[~placed], pos[~placed]
 
     def _rehash(self, live_after: int) -> None:
+        """Rebuild without tombstones, in the smallest power-of-two table (never smaller) that holds `live_after`
+        keys at load ≤ 1/2.
+
+        When it has to grow, the table doubles (or more for a large batch), so the load right after is above
+        1/4: 24–48 bytes per key.
+        """
         live = (self._keys != _EMPTY) & (self._keys != _TOMBSTONE)
         keys, slots = self._keys[live], self._slots[live]
         size = self._keys.size

@@ -124,3 +124,14 @@ def test_id_map_survives_growth_removal_and_reuse():
     np.testing.assert_array_equal(m.lookup(keys[5_000:]), np.arange(5_000, 20_000))
     assert len(m) == 15_000
     assert m.nbytes / len(m) <= 64  # load 1/4..1/2; a dict of str ids costs ~100 B per entry plus the strings
+
+
+def test_id_map_stays_between_a_quarter_and_half_full_as_it_grows():
+    from detector.id_map import IdMap, hash_ids
+
+    keys = hash_ids([f"sensor-{i}" for i in range(300_000)])
+    m = IdMap(8)
+    for start in range(0, keys.size, 3_000):
+        m.insert(keys[start:start + 3_000], np.arange(start, min(keys.size, start + 3_000)))
+        assert 24 <= m.nbytes / len(m) <= 48  # 12 bytes an entry at load 1/4..1/2
+    np.testing.assert_array_equal(m.lookup(keys), np.arange(keys.size))
