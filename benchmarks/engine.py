@@ -20,9 +20,10 @@ chunk rate is reported). Each fleet is first filled, untimed, until every sensor
 calibration.MIN_READINGS + 2 readings (>= 100k readings in all), so timed cells measure the steady
 state (every reading scored and calibrated), not first sight of a sensor.
 
-    .venv/bin/python benchmarks/engine.py            # full run (< ~5 min), writes benchmarks/results/
+    .venv/bin/python benchmarks/engine.py            # full run (< ~5 min), writes results/engine.{json,md,png}
     .venv/bin/python benchmarks/engine.py --quick    # CI smoke run, a few seconds, writes to a temp dir
     .venv/bin/python benchmarks/engine.py --profile 1,4096 --sensors 100000   # cProfile hot spots only
+    .venv/bin/python benchmarks/engine.py --plot-only  # redraw results/engine.png from results/engine.json
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from detector import Detector, calibration  # noqa: E402
 from detector.errors import ModelError  # noqa: E402
 from detector.model_store import Model, load_model, untrained  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
+from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SENSORS = [1_000, 10_000, 100_000, 1_000_000]
@@ -612,11 +614,38 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(results: dict, path: Path) -> Path:
+    """readings/s vs batch size: the engine and the bare cell per fleet size (same colour, bare dashed), River HST."""
+    lines = []
+    for i, n in enumerate(results["settings"]["sensors"]):
+        cells = [c for c in results["cells"] if c["sensors"] == n and "skipped" not in c]
+        batches = [c["batch"] for c in cells]
+        colour = f"C{i}"
+        lines.append(Line(f"engine, {n:,} sensors", batches, [c["engine_readings_per_s"] for c in cells],
+                          {"color": colour}))
+        lines.append(Line(f"bare cell, {n:,} sensors", batches, [c["bare_readings_per_s"] for c in cells],
+                          {"color": colour, "linestyle": "--", "alpha": 0.6}))
+    river = results["river_hst"]
+    model, m = results["model"], results["machine"]
+    panel = Panel(
+        title="readings/s vs batch size",
+        xlabel="batch size (readings per micro-batch)",
+        ylabel=f"readings/s ({results['settings']['clock']} clock)",
+        lines=lines,
+        logy=True,
+        hlines={f"River HST ({river['readings_per_s']:,.0f}/s)": river["readings_per_s"]} if river else {},
+    )
+    note = (f"{model['id'].split(' (')[0]}, GRU {model['layers']}x{model['hidden_size']}, 1 torch thread; "
+            f"{m['cpu']}, {m['logical_cpus']} CPUs (shared), {m['date'][:10]}")
+    return save_panels(path, "Engine throughput", [panel], note)
+
+
 def write(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "engine.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "engine.md").write_text(markdown(results))
-    print(f"wrote {out / 'engine.json'} and {out / 'engine.md'}")
+    plot(results, out / "engine.png")
+    print(f"wrote {out / 'engine.json'}, {out / 'engine.md'} and {out / 'engine.png'}")
 
 
 # -- profiling ------------------------------------------------------------------------------------
@@ -670,6 +699,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", type=_ints, default=None, metavar="BATCHES",
                    help="instead of the table, cProfile the engine at these batch sizes on the largest fleet")
     p.add_argument("--profile-top", type=int, default=25, help="functions listed per profile")
+    p.add_argument("--plot-only", action="store_true",
+                   help="measure nothing: redraw engine.png from the engine.json in --out (default results/)")
     args = p.parse_args(argv)
     if args.quick:
         args.sensors = args.sensors or [1_000, 10_000]
@@ -681,12 +712,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seconds = 2.0 if args.seconds is None else args.seconds
     args.warmup = 0.3 if args.warmup is None else args.warmup
     if args.out is None:
-        args.out = Path(tempfile.mkdtemp(prefix="engine-bench-")) if args.quick else RESULTS
+        args.out = Path(tempfile.mkdtemp(prefix="engine-bench-")) if args.quick and not args.plot_only else RESULTS
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.plot_only:
+        print(f"wrote {plot(json.loads((args.out / 'engine.json').read_text()), args.out / 'engine.png')}")
+        return 0
     torch.set_num_threads(1)
     if args.profile:
         profile(args)
