@@ -54,7 +54,7 @@ def secure_broker(tmp_path_factory) -> Iterator[SecureBroker]:
     port = int(os.environ.get("HIDDENSTATE_TEST_SASL_KAFKA_PORT", "19192"))
     pki = make_pki(tmp_path_factory.mktemp("pki"))
     admin_password, password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_DATA_DIR", "KAFKA_EXTRA_PROPERTIES")}  # not ours
     env.update(KAFKA_PORT=str(port), KAFKA_CONTROLLER_PORT=str(port + 1), KAFKA_SECURITY="sasl_ssl",
                KAFKA_SSL_DIR=str(pki.directory), KAFKA_SSL_CLIENT_AUTH="required",
                KAFKA_SASL_USERS=f"admin:{admin_password},hiddenstate:{password}")
