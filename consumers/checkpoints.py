@@ -70,7 +70,7 @@ class CheckpointMetrics(Collector):
         )
         self.restore_duration = ArrayHistogram(
             PREFIX + "restore_duration_seconds",
-            "Time to restore the state of newly assigned partitions from the changelog.",
+            "Time to restore the state of newly assigned partitions from the changelog (failed ones included).",
             DURATION_BUCKETS, registry,
         )
         registry.register(self)
