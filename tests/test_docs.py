@@ -33,3 +33,21 @@ def test_readme_has_exactly_the_two_setup_commands():
     assert "hiddenstate demo" in main
     test = readme.split("<!-- test-command -->")[1].split("```")[1]
     assert "pytest" in test
+
+
+def test_every_service_setting_is_documented_and_security_md_names_only_real_ones():
+    from consumers.config import ServiceConfig
+
+    tables = (ROOT / "docs" / "service.md").read_text() + (ROOT / "docs" / "metrics.md").read_text()
+    for name in set(ServiceConfig.model_fields) - {"detector"}:
+        assert f"| `{name}` | `HIDDENSTATE_{name.upper()}`" in tables, name
+    security = (ROOT / "docs" / "security.md").read_text()
+    limits = security.split("## Hostile input")[1].split("## Model loading")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in limits.splitlines() if line[:2] == "| "]
+    settings = [cols[1].strip("`") for cols in rows if len(cols) == 4 and cols[1].startswith("`")]
+    assert "max_message_bytes" in settings and "sensor_id_pattern" in settings
+    for name in settings:  # the "setting" column of the limits table
+        field = name.removeprefix("detector.")
+        assert field in ServiceConfig.model_fields or field in DetectorConfig.model_fields, name
+    assert "(docs/security.md)" in (ROOT / "README.md").read_text()
+    assert "(security.md)" in (ROOT / "docs" / "configuration.md").read_text()
