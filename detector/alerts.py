@@ -33,7 +33,8 @@ class AlertEvent:
     expected: float
     seen: float
     cause: str = "forecast"  # "forecast": far from the forecast; "level": the channel's level shifted
-    # (expected = its usual level); "stuck": the channel repeats one value
+    # (expected = its usual level); "correlation": the channels' levels together are unusual (the channel
+    # contributing most; expected = its usual level); "stuck": the channel repeats one value
     threshold_error: float = float("nan")
     peak_score: float = float("nan")
     channel_name: str | None = field(default=None, compare=False)
@@ -86,12 +87,18 @@ def update(
     raise_k: int,
     raise_n: int,
     clear_m: int,
+    quiet: np.ndarray | None = None,
 ) -> Transitions:
-    """Advance each row's hysteresis by one reading."""
+    """Advance each row's hysteresis by one reading.
+
+    `quiet` marks readings that count towards clearing (default: those not anomalous); with a clear
+    threshold below the raise threshold, readings between the two neither raise nor clear.
+    """
+    quiet = ~anomalous if quiet is None else quiet & ~anomalous
     window = np.uint32((1 << raise_n) - 1)
     flags = ((flags.astype(np.uint32) << np.uint32(1)) | anomalous.astype(np.uint32)) & window
     raised = ~active & (np.bitwise_count(flags) >= raise_k)
-    calm = np.where(active & ~anomalous, calm + 1, 0).astype(np.uint16)
+    calm = np.where(active & quiet, calm + 1, 0).astype(np.uint16)
     cleared = active & (calm >= clear_m)
     peak = np.where(raised, score, np.where(active, np.maximum(peak, score), 0.0)).astype(np.float32)
     new_active = (active | raised) & ~cleared

@@ -40,9 +40,21 @@ class DetectorConfig(BaseModel):
     )
     raise_k: int = Field(4, ge=1, description="Anomalous readings among the last raise_n that raise an alert.")
     raise_n: int = Field(5, ge=1, le=32, description="Window (readings) for raise_k.")
-    clear_m: int = Field(10, ge=1, le=60000, description="Consecutive normal readings that clear an alert.")
+    clear_m: int = Field(5, ge=1, le=60000, description="Consecutive quiet readings that clear an alert.")
+    clear_threshold: float = Field(
+        0.98, gt=0.5, lt=1.0, description="Score below which a reading counts as quiet towards clearing an open alert"
+        " (`threshold` where that is lower): readings between the two neither raise nor clear an alert."
+    )
     level_window: float = Field(
-        60.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."
+        40.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."
+    )
+    correlation_window: float = Field(
+        60.0, ge=2, description="Memory (readings) of the level vector that the correlation view compares with the"
+        " usual covariance of the sensor's channels."
+    )
+    correlation_max_channels: int = Field(
+        0, ge=0, le=1024, description="Sensors with at most this many channels (and at least 2) get the correlation"
+        " view (C² state floats and a C×C solve per reading); 0 = off (the default)."
     )
     stuck_after: int = Field(
         10, ge=2, le=60000, description="Shortest run of identical readings on a channel that can score as stuck."

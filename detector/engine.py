@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from detector import alerts, calibration, flatline, levels, normalise, thresholds
+from detector import alerts, calibration, correlation, flatline, levels, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.errors import ModelError
@@ -44,10 +44,15 @@ class EngineStats:
 LEVEL_SURPRISE = 1e30
 """The surprise recorded for a shifted level: above any forecast error's |z|, below a stuck run's inf."""
 
+JOINT_SURPRISE = 1e20
+"""The surprise recorded for an unusual level vector (correlation view): above any forecast error's |z|."""
+
 
 def _cause(surprise: float) -> str:
     """Which view made an alert, from the surprise recorded for its reason."""
-    return "stuck" if np.isinf(surprise) else "level" if surprise >= LEVEL_SURPRISE else "forecast"
+    if np.isinf(surprise):
+        return "stuck"
+    return "level" if surprise >= LEVEL_SURPRISE else "correlation" if surprise >= JOINT_SURPRISE else "forecast"
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,10 @@ class Engine:
         self.channels = channels
         self.delay: int | None = None if offset == 1 else -offset
         """None for a forecaster; else how many readings later a reading is scored (0 for encdec)."""
+        self.joint = 2 <= channels <= config.correlation_max_channels
+        """Whether sensors get the correlation view (see `correlation`)."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
-                              lookahead=self.delay or 0)
+                              lookahead=self.delay or 0, correlation=self.joint)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -319,6 +326,12 @@ class Engine:
         st.level[r], st.level_spread[r], level_score, level_channel = levels.update(
             st.level[r], st.level_spread[r], z_level, count, cfg.level_window, cfg.long_window
         )
+        if self.joint:
+            st.joint_level[r], st.joint_cov[r], joint_score, joint_channel = correlation.update(
+                st.joint_level[r], st.joint_cov[r], z_level, count, cfg.correlation_window, cfg.long_window
+            )
+        else:
+            joint_score, joint_channel = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int64)
         score = np.zeros(n, dtype=np.float32)
         anomalous = np.zeros(n, dtype=bool)
         if has_forecast.any():
@@ -330,9 +343,12 @@ class Engine:
                 cfg.short_window, cfg.long_window,
             )
             st.scored[f] += 1
-            # The reading's score is the largest of three views: forecast error, shifted level, stuck value.
+            # The reading's score is the largest of four views: forecast error, shifted level, unusual level
+            # vector (correlation), stuck value.
             shifted = level_score[h] > s
             s = np.maximum(s, level_score[h])
+            joint = joint_score[h] > s
+            s = np.maximum(s, joint_score[h])
             stuck = stuck_score[h] > s
             s = np.maximum(s, stuck_score[h])
             score[h] = s
@@ -343,7 +359,11 @@ class Engine:
                 # above any forecast error (their surprise is set past every finite z).
                 surprise = np.nan_to_num(np.abs(z_res[h]), nan=0.0)
                 reference = expected[h].copy()
-                shifted &= ~stuck
+                shifted &= ~stuck & ~joint
+                joint &= ~stuck
+                jr = np.flatnonzero(joint)
+                surprise[jr, joint_channel[h][joint]] = JOINT_SURPRISE
+                reference[jr, joint_channel[h][joint]] = mean[h][jr, joint_channel[h][joint]]
                 sr = np.flatnonzero(shifted)
                 surprise[sr, level_channel[h][shifted]] = LEVEL_SURPRISE
                 reference[sr, level_channel[h][shifted]] = mean[h][sr, level_channel[h][shifted]]
@@ -376,8 +396,10 @@ class Engine:
         err_var: np.ndarray,
     ) -> None:
         cfg = self.config
+        quiet = score < min(cfg.clear_threshold, cfg.threshold)  # hysteresis: a lower bar to clear than to raise
         t = alerts.update(
-            st.flags[f], st.active[f] > 0, st.calm[f], st.peak[f], anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m
+            st.flags[f], st.active[f] > 0, st.calm[f], st.peak[f], anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m,
+            quiet,
         )
         st.flags[f], st.active[f], st.calm[f], st.peak[f] = t.flags, t.active, t.calm, t.peak
 

@@ -6,7 +6,10 @@ shifts). So each channel also keeps its recent level, an exponential average of
 its normalised value over about `level_window` readings, and the usual spread of
 that level. The level score is the two-sided tail probability of the current
 level under that spread, 2Φ(|level| / σ) − 1, on the same [0, 1] scale as the
-other scores. The normalisation's mean moves slowly (`norm_window`), so a
+other scores. A sensor's level score is that of its most unusual channel, corrected
+for having looked at C channels (Šidák): the probability that the largest of C
+independent channels' levels stays within this one's, (2Φ(|level| / σ) − 1)^C, so a
+sensor with many channels does not alarm more often just because it has more of them. The normalisation's mean moves slowly (`norm_window`), so a
 shift keeps scoring for a while before it becomes the new normal. Updates of
 the spread are winsorised at 3σ so a shift does not widen it much.
 """
@@ -43,4 +46,5 @@ def update(
     learn = np.minimum(new_level * new_level, 9.0 * sigma * sigma)
     new_spread = (spread + alpha * (learn - spread)).astype(np.float32)
     channel = per_channel.argmax(axis=1)
-    return new_level, new_spread, per_channel.max(axis=1).astype(np.float32), channel
+    score = per_channel.max(axis=1).astype(np.float64) ** z.shape[1]  # Šidák: C channels looked at
+    return new_level, new_spread, score.astype(np.float32), channel

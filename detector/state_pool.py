@@ -31,7 +31,8 @@ from detector.id_map import IdMap, hash_ids
 from detector.validation import MAX_SENSOR_ID_LENGTH
 
 # name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor,
-# "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead.
+# "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead; "CX" = one per channel
+# and "CC" = one per pair of channels, both only where the correlation view is on (`correlation`), else none.
 _FIELDS: dict[str, tuple[str, int | str]] = {
     "hidden": ("f32", "S"),
     "norm_var": ("f32", "C"),
@@ -40,6 +41,8 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "run_mean": ("f32", "C"),  # usual length of runs of identical readings
     "level": ("f32", "C"),  # recent level of each channel, normalised
     "level_spread": ("f32", "C"),  # usual spread (variance) of that level
+    "joint_level": ("f32", "CX"),  # recent level of each channel for the correlation view, normalised
+    "joint_cov": ("f32", "CC"),  # usual covariance of that level vector, C × C row-major
     "dt_mean": ("f32", 1),
     "err_short": ("f32", 1),  # short-window smoothed error
     "err_mean": ("f32", 1),  # long-window distribution of log(err_short)
@@ -102,14 +105,21 @@ class StatePool:
     """Sensor id -> slot map plus the packed state of every slot."""
 
     def __init__(
-        self, state_size: int, channels: int, capacity: int, initial_capacity: int = 1024, lookahead: int = 0
+        self,
+        state_size: int,
+        channels: int,
+        capacity: int,
+        initial_capacity: int = 1024,
+        lookahead: int = 0,
+        correlation: bool = False,
     ) -> None:
         self.state_size = state_size
         self.channels = channels
         self.lookahead = lookahead
+        self.correlation = correlation
         self.capacity = capacity
         self.stats = PoolStats()
-        self._layout, widths = _layout(state_size, channels, lookahead)
+        self._layout, widths = _layout(state_size, channels, lookahead, correlation)
         self._widths = widths
         self._blocks: dict[str, np.ndarray] = {}
         self._key_of = np.zeros(0, dtype=np.int64)  # id hash held by each slot; 0 = free
@@ -269,10 +279,11 @@ class StatePool:
 
 
 def _layout(
-    state_size: int, channels: int, lookahead: int = 0
+    state_size: int, channels: int, lookahead: int = 0, correlation: bool = False
 ) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
     """Column of each field in its block, and each block's width."""
-    sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels}
+    cross = channels if correlation else 0
+    sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels, "CX": cross, "CC": cross * cross}
     layout: dict[str, tuple[str, slice | int]] = {}
     widths = {b: 0 for b in _DTYPES}
     for name, (block, width) in _FIELDS.items():

@@ -60,3 +60,20 @@ def test_a_burst_of_large_errors_scores_near_one():
         seen = seen + 1
     s, *_ = calibration.score(np.array([200.0], np.float32), short, mean, var, seen, 3.0, 1000.0)
     assert s[0] > 0.999
+
+
+def test_readings_between_the_clear_and_raise_thresholds_neither_raise_nor_clear():
+    # Score per reading: "x" = above the raise threshold, "~" = between the clear and raise thresholds,
+    # "." = below the clear threshold (quiet).
+    flags, active = np.zeros(1, np.uint32), np.zeros(1, bool)
+    calm, peak = np.zeros(1, np.uint16), np.zeros(1, np.float32)
+    out = []
+    for ch in "xxx" + "~~~~~~" + "..." + "~" + "...." + "~~~~":
+        t = alerts.update(flags, active, calm, peak, np.array([ch == "x"]), np.array([0.5], np.float32), 3, 5, 4,
+                          quiet=np.array([ch == "."]))
+        flags, active, calm, peak = t.flags, t.active, t.calm, t.peak
+        out.append("R" if t.raised[0] else "C" if t.cleared[0] else ".")
+    got = "".join(out)
+    assert got.count("R") == 1 and got.index("R") == 2
+    assert got.count("C") == 1 and got.index("C") == 3 + 6 + 3 + 1 + 3  # the "~" restarted the countdown
+    assert "R" not in got[got.index("C"):]  # "~" alone never raises
