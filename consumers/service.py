@@ -129,7 +129,9 @@ class ScoringService:
         self.config = config
         self.model = model if model is not None else load_model(config.detector.model)
         self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes,
-                               config.max_readings_per_message)
+                               config.max_readings_per_message, max_key_bytes=config.max_key_bytes,
+                               max_channels=config.max_channels, sensor_id_pattern=config.sensor_id_pattern,
+                               max_future_seconds=config.max_future_seconds)
         self.engine: Engine | None = None
         if self.decoder.channels is not None:
             self.engine = self._new_engine(self.decoder.channels)
