@@ -392,7 +392,7 @@ def run(args: argparse.Namespace) -> dict:
                 "rss_growth_bytes": after - before,
                 "rss_growth_per_sensor": (after - before) / len(pool),
                 "note": "VmRSS after filling minus before creating the detector; the id strings were "
-                "created before, so they are not included (the pool's dict and slot list are)",
+                "created before, so they are not included (the pool's id map is)",
             }
         live = np.fromiter(map(pool.slot_of, stream.ids), dtype=np.int64, count=n)
         fleets.append({
@@ -543,7 +543,7 @@ def notes(results: dict) -> list[str]:
         out.append(
             f"State: {m['bytes_per_sensor']} bytes/sensor of pool arrays (`engine.pool.bytes_per_sensor`); "
             f"measured RSS growth with {m['sensors']:,} sensors held: {m['rss_growth_bytes'] / 2**20:,.0f} MiB "
-            f"= {m['rss_growth_per_sensor']:,.0f} bytes/sensor (arrays + id→slot dict + slot list; id strings excluded)."
+            f"= {m['rss_growth_per_sensor']:,.0f} bytes/sensor (state arrays + id map; id strings excluded)."
         )
     out.append(
         f"Readings/s are medians over timed chunks of ~50 ms, on the {results['settings']['clock']} clock "

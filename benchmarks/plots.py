@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation
 
 
 @dataclass
@@ -47,6 +47,21 @@ def _si(value: float, _pos: object = None) -> str:
     return f"{value:g}"
 
 
+class _SiLogFormatter(LogFormatterSciNotation):
+    """matplotlib's choice of which log ticks get a label, written as `_si` writes them."""
+
+    def __call__(self, x: float, pos: object = None) -> str:
+        return _si(x) if super().__call__(x, pos) else ""
+
+
+def _format_axis(axis: object, log: bool) -> None:
+    if log:
+        axis.set_major_formatter(_SiLogFormatter())
+        axis.set_minor_formatter(_SiLogFormatter(labelOnlyBase=False))
+    else:
+        axis.set_major_formatter(FuncFormatter(_si))
+
+
 def save_panels(path: str | Path, title: str, panels: list[Panel], note: str = "") -> Path:
     """Draw `panels` side by side into a PNG at `path` (650 px wide per panel, plus 250) and return the path.
 
@@ -67,8 +82,8 @@ def save_panels(path: str | Path, title: str, panels: list[Panel], note: str = "
             ax.set_xscale("log")
         if p.logy:
             ax.set_yscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(_si))
-        ax.yaxis.set_major_formatter(FuncFormatter(_si))
+        _format_axis(ax.xaxis, p.logx)
+        _format_axis(ax.yaxis, p.logy)
         ax.set(title=p.title, xlabel=p.xlabel, ylabel=p.ylabel)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize="small")

@@ -1,0 +1,32 @@
+"""The memory benchmark runs end to end and the benchmarks' PNGs are drawn from their JSON (no figures asserted)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def test_memory_benchmark_smoke_run_writes_table_json_markdown_and_plot(tmp_path):
+    cmd = [sys.executable, str(BENCH / "memory.py"), "--quick", "--sensors", "1000", "--batch", "500",
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    fleet = json.loads((tmp_path / "memory.json").read_text())["fleets"][0]
+    assert fleet["sensors"] == fleet["held"] == 1000 and fleet["rejected"] == 0
+    assert fleet["fill_readings"] == 3000 and fleet["pool_bytes_per_sensor"] > 0
+    assert "| 1,000 |" in (tmp_path / "memory.md").read_text()
+    assert (tmp_path / "memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_engine_plot_only_redraws_the_png_from_the_json(tmp_path):
+    shutil.copy(BENCH / "results" / "engine.json", tmp_path / "engine.json")
+    cmd = [sys.executable, str(BENCH / "engine.py"), "--plot-only", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "engine.png").read_bytes()[:4] == b"\x89PNG"
