@@ -31,7 +31,7 @@ import shlex  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import orjson  # noqa: E402
@@ -73,7 +73,7 @@ def batch_of(first: int, count: int, offset: int) -> list[ConsumerRecord]:
 def run(ids: int, capacity: int, batch: int, samples: int) -> dict:
     torch.set_num_threads(1)
     load = os.getloadavg()
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    date = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         model = load_model("gru-default")
     except ModelError:

@@ -59,8 +59,8 @@ def secure_broker(tmp_path_factory) -> Iterator[SecureBroker]:
                KAFKA_SSL_DIR=str(pki.directory), KAFKA_SSL_CLIENT_AUTH="required",
                KAFKA_SASL_USERS=f"admin:{admin_password},hiddenstate:{password}")
     # a broker left on this port has other certificates and users: start afresh
-    subprocess.run([str(SCRIPT), "stop", "--clean"], env=env, capture_output=True, text=True, timeout=120)
-    proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900)
+    subprocess.run([str(SCRIPT), "stop", "--clean"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         message = f"KAFKA_SECURITY=sasl_ssl scripts/kafka.sh start failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
         if os.environ.get("HIDDENSTATE_REQUIRE_KAFKA") == "1":
@@ -69,7 +69,7 @@ def secure_broker(tmp_path_factory) -> Iterator[SecureBroker]:
     try:
         yield SecureBroker(proc.stdout.strip().splitlines()[-1], pki, "hiddenstate", password)
     finally:
-        subprocess.run([str(SCRIPT), "stop", "--clean"], env=env, capture_output=True, text=True, timeout=120)
+        subprocess.run([str(SCRIPT), "stop", "--clean"], env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +239,7 @@ def test_serve_command_wrong_password_from_a_file_exits_2_and_never_logs_it(secu
     proc = subprocess.run(
         [sys.executable, "-m", "detector.serve_command", "--bootstrap", secure_broker.bootstrap, "--metrics-port", "0",
          "--metrics-address", "127.0.0.1", "--log-format", "json", "--log-level", "DEBUG"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [orjson.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]

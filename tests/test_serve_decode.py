@@ -211,9 +211,9 @@ def test_hostile_input_limits():
     d = Decoder(channels=1, max_key_bytes=16, sensor_id_pattern=r"[a-z0-9-]+")
     ok = b'{"ts": 1, "value": 1}'
     assert reason(d, ok, key=b"k" * 16) is None
-    out, dead, _ = one(d, ok, key=b"k" * 17)
+    _, dead, _ = one(d, ok, key=b"k" * 17)
     assert dead == (DeadLetterReason.TOO_LARGE, "key of 17 bytes > max_key_bytes 16")
-    out, dead, _ = one(d, b'{"sensor_id": "Pump 7", "ts": 1, "value": 1}')
+    _, dead, _ = one(d, b'{"sensor_id": "Pump 7", "ts": 1, "value": 1}')
     assert dead[0] is DeadLetterReason.BAD_SENSOR_ID and "sensor_id_pattern" in dead[1]
     assert reason(d, ok, key=b"pump\xe2\x80\xae7") == "bad_sensor_id"  # the key is an id too (here with U+202E)
     assert reason(d, b'{"sensor_id": "pump-7", "ts": 1, "value": 1}') is None
