@@ -51,7 +51,7 @@ def test_a_broken_relation_between_channels_scores_where_each_channel_alone_look
     common = np.repeat(rng.normal(0, 1, 200), 20)[:3000]  # slow shared movement: the two channels move together
     z = np.stack([common + rng.normal(0, 0.1, 3000), common + rng.normal(0, 0.1, 3000)], axis=1)
     z[2500:2800, 1] = -z[2500:2800, 1]  # the second channel moves against the first, each within its usual range
-    scores, channels = _step_joint(z)
+    scores, _ = _step_joint(z)
     assert np.percentile(scores[500:2500], 99) < 0.999
     assert (scores[2520:2800] > 0.999).mean() > 0.5
     # Each channel's own level stays in its usual range: the per-channel level view hardly sees it.
