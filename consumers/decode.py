@@ -40,7 +40,14 @@ from numbers import Real
 import numpy as np
 import orjson
 
-from detector.validation import SCORED, RejectReason, coerce_sensor_id, coerce_timestamp, coerce_values
+from detector.validation import (
+    MAX_ABS_VALUE,
+    SCORED,
+    RejectReason,
+    coerce_sensor_id,
+    coerce_timestamp,
+    coerce_values,
+)
 
 MS_THRESHOLD = 1e11  # a numeric ts above this is epoch milliseconds (1e11 s is the year 5138)
 MAX_CHANNELS = 1024
@@ -318,9 +325,11 @@ class Decoder:
         elif isinstance(raw, Real) and not isinstance(raw, bool):
             self.channels = 1
 
-    def _row(self, raw: object) -> tuple[np.ndarray | None, RejectReason | None, str | None]:
+    def _row(self, raw: object) -> tuple[object, RejectReason | None, str | None]:
         channels = self.channels
         assert channels is not None
+        if channels == 1 and type(raw) in _PLAIN_NUMBERS and abs(raw) <= MAX_ABS_VALUE:
+            return raw, None, None  # the common case, without numpy (NaN, inf and the rest take the full path)
         if isinstance(raw, dict):
             if self.channel_names is None:
                 if len(raw) != channels or not all(map(_channel_name, raw)):
@@ -339,6 +348,9 @@ class Decoder:
         if reason is RejectReason.NOT_NUMERIC:
             return None, reason, f"values {_short(raw)} are not all numbers"
         return None, reason, f"values {_short(raw)} are not all finite"
+
+
+_PLAIN_NUMBERS = (float, int)  # exact types: bool is an int subclass, and not a number here
 
 
 def _timestamp(ts: object) -> float:

@@ -526,24 +526,25 @@ class ScoringService:
         names = self.decoder.channel_names
         outputs: list[Output] = []
         # engine row j -> decoded row i (a reading; message decoded.message[i])
-        rows = decoded.engine_rows.tolist()
+        engine_rows = decoded.engine_rows
+        rows = engine_rows.tolist()
         status = np.full(len(decoded), -1, dtype=np.int16)
-        engine_row_of = {}
-        if result is not None:
-            for j, i in enumerate(rows):
-                status[i] = result.status[j]
-                engine_row_of[i] = j
-        else:
-            for i in rows:
-                status[i] = decoded.status[i]
+        engine_row_of = dict(zip(rows, range(len(rows))))
+        status[engine_rows] = result.status if result is not None else decoded.status[engine_rows]
         scored_at: dict[tuple[str, float], int] = {}
         row_message = decoded.message.tolist()
         row_index = decoded.index.tolist()
+        row_status = status.tolist()
+        if result is not None:  # python lists once per batch: indexing numpy arrays per reading is slow
+            score, anomalous, alerting = result.score.tolist(), result.anomalous.tolist(), result.alerting.tolist()
+            released, target, expected_rows, seen_rows = (result.released.tolist(), result.target_ts.tolist(),
+                                                          result.expected.tolist(), result.seen.tolist())
+        partitions: dict[tuple[str, int], TopicPartition] = {}
         for i in range(len(decoded)):
             msg = messages[row_message[i]]
             headers = _source_headers(msg, row_index[i])
             dead = decoded.dead[i]
-            if dead is None and status[i] != SCORED:
+            if dead is None and row_status[i] != SCORED:
                 reject = RejectReason(int(status[i]))
                 dead = (DeadLetterReason.of(reject), decoded.details[i] or ENGINE_DETAILS.get(reject, reject.label))
             if dead is not None:
@@ -557,23 +558,25 @@ class ScoringService:
             assert result is not None
             j = engine_row_of[i]
             sensor = result.sensor_ids[j]
-            tp = TopicPartition(msg.topic, msg.partition)
+            tp = partitions.get((msg.topic, msg.partition))
+            if tp is None:
+                tp = partitions[(msg.topic, msg.partition)] = TopicPartition(msg.topic, msg.partition)
             if self._owner.get(sensor) != tp:
                 self._owner[sensor] = tp
             if cfg.checkpoints_enabled:  # read and cleared by the next checkpoint; without one it would only grow
                 self._touched[sensor] = tp
             self.stats.scored += 1
-            if not result.released[j]:  # a look-ahead model scores this reading `delay` readings later
+            if not released[j]:  # a look-ahead model scores this reading `delay` readings later
                 continue
-            target_ts = float(result.target_ts[j])
-            expected = result.expected[j].tolist()
-            seen = result.seen[j].tolist()
+            target_ts = target[j]
+            expected = expected_rows[j]
+            seen = seen_rows[j]
             doc = {
                 "sensor_id": sensor,
                 "ts": target_ts,
-                "score": float(result.score[j]),
-                "anomalous": bool(result.anomalous[j]),
-                "alerting": bool(result.alerting[j]),
+                "score": score[j],
+                "anomalous": anomalous[j],
+                "alerting": alerting[j],
                 "expected": dict(zip(names, expected)) if names else expected,
                 "values": dict(zip(names, seen)) if names else seen,
                 "model": model_id,
