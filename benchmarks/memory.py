@@ -47,7 +47,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
@@ -195,7 +195,7 @@ def run_fleet(n: int, args: argparse.Namespace) -> dict:
     """`measure_fleet(n)` in a fresh interpreter; its result comes back as the last line of its stdout."""
     cmd = [sys.executable, __file__, "--child", str(n), "--model", args.model, "--hidden", str(args.hidden),
            "--layers", str(args.layers), "--readings", str(args.readings), "--batch", str(args.batch)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         return {"sensors": n, "failed": f"exit status {done.returncode} (killed for memory?)"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -216,7 +216,7 @@ def machine_info() -> dict:
         "memory_bytes": mem,
         "load_average_at_start": list(os.getloadavg()),
         "python": platform.python_version(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},  # glibc tuning, if any
     }
 
