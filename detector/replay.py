@@ -35,6 +35,9 @@ from detector.errors import HiddenstateError, InputFileError
 from detector.readers import Readings, file_stem, read_readings
 from detector.validation import SCORED, RejectReason
 
+PENDING = -1
+"""Status of a row a look-ahead model accepted but never scored: no later reading of its sensor released it."""
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -58,7 +61,8 @@ class Episode:
 class ReplayResult:
     """Everything a replay produced, row i for the i-th reading scored (files concatenated, each sorted by time).
 
-    status: 0 if scored, else a RejectReason value; expected: the forecast (NaN if none);
+    status: 0 if scored, PENDING if accepted but never scored (a look-ahead model's last readings of a sensor,
+    which no later reading released), else a RejectReason value; expected: the forecast (NaN if none);
     labels: ground-truth columns of the files (NaN where a file had none);
     skipped: (file, line, reason) of rows that never reached the engine.
     """
@@ -81,6 +85,7 @@ class ReplayResult:
     labels: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: list[tuple[str, int, str]] = field(default_factory=list)
     reordered: int = 0
+    delay: int = 0  # readings a score comes after its reading (the model's look-ahead)
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
@@ -91,7 +96,7 @@ class ReplayResult:
 
     def rejected(self) -> dict[RejectReason, int]:
         """Rows rejected by the engine, per reason (only reasons that occurred)."""
-        codes, counts = np.unique(self.status[self.status != SCORED], return_counts=True)
+        codes, counts = np.unique(self.status[self.status > SCORED], return_counts=True)
         return {RejectReason(int(c)): int(n) for c, n in zip(codes.tolist(), counts.tolist())}
 
     def sensors(self) -> list[str]:
@@ -147,8 +152,9 @@ def replay_files(
     if not paths:
         raise InputFileError("give at least one file to replay")
     files = [read_readings(p, time_column, sensor_column, value_columns) for p in paths]
-    _check_channels(files, (detector.config if detector else config or DetectorConfig()).channels)
-    det = detector or Detector(config=config)
+    # `is None`, not truthiness: a Detector holding no sensors yet has len 0
+    _check_channels(files, (detector.config if detector is not None else config or DetectorConfig()).channels)
+    det = detector if detector is not None else Detector(config=config)
     channels = files[0].channels
 
     reordered = 0
@@ -180,11 +186,14 @@ def replay_files(
             )
             status[offset + start : offset + stop] = out.status
             released = np.flatnonzero(out.released)
+            accepted = offset + start + np.flatnonzero(out.status == SCORED)
+            status[accepted] = PENDING  # until a score arrives for the row
             if out.delay:  # a look-ahead model scores each sensor's reading `delay` readings back
                 targets = offset + np.array([index[(out.sensor_ids[j], out.target_ts[j])] for j in released.tolist()],
                                             dtype=np.int64)
             else:
                 targets = offset + start + released
+            status[targets] = SCORED
             score[targets], anomalous[targets] = out.score[released], out.anomalous[released]
             alerting[targets], expected[targets] = out.alerting[released], out.expected[released]
             events.extend(dataclasses.replace(e, channel_name=names[e.channel]) for e in out.events)
@@ -216,6 +225,7 @@ def replay_files(
         labels=labels,
         skipped=[(f.source, line, reason) for f in files for line, reason in f.skipped],
         reordered=reordered,
+        delay=det.delay,
     )
 
 
@@ -253,7 +263,7 @@ def iso_times(ts: np.ndarray) -> np.ndarray:
 
 def write_scores(result: ReplayResult, path: Path) -> None:
     """The scores CSV: ts, sensor_id, score, anomalous, alerting, status, then value_<ch> and expected_<ch>."""
-    labels = {SCORED: "scored", **{r.value: r.label for r in RejectReason}}
+    labels = {SCORED: "scored", PENDING: "pending", **{r.value: r.label for r in RejectReason}}
     header = ["ts", "sensor_id", "score", "anomalous", "alerting", "status"]
     header += [f"value_{c}" for c in result.channel_names] + [f"expected_{c}" for c in result.channel_names]
     with open(path, "w", newline="") as handle:
@@ -304,6 +314,9 @@ def print_summary(result: ReplayResult, outputs: list[tuple[str, Path]], console
     rate = len(result) / result.seconds if result.seconds > 0 else float("inf")
     totals.add_row("readings", f"{len(result):,} in {result.seconds:.2f} s ({rate:,.0f}/s)")
     totals.add_row("scored", f"{result.scored:,}")
+    pending = int(np.count_nonzero(result.status == PENDING))
+    if pending:
+        totals.add_row("pending", f"{pending:,} (each sensor's last readings: the model looks {result.delay} ahead)")
     totals.add_row(
         "rejected", ", ".join(f"{r.label} {n:,}" for r, n in rejected.items()) if rejected else "none"
     )

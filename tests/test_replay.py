@@ -304,3 +304,27 @@ def test_cli_columns_and_sensor_column(tmp_path: Path, model_dir: str) -> None:
     assert list(scores[0])[-2:] == ["value_b", "expected_b"]
     assert [r["sensor_id"] for r in scores[:4]] == ["m0", "m1", "m0", "m1"]
     assert {r["status"] for r in scores} == {"scored"}
+
+
+def test_replay_with_a_look_ahead_model_places_late_scores_on_their_rows(tmp_path):
+    """bidir scores each reading 4 readings late: replay puts each score on its own row, the last 4 stay pending."""
+    import torch
+
+    from detector.model_store import Model
+    from detector.networks import build_network
+    from detector import Detector
+    from detector.replay import PENDING
+
+    torch.manual_seed(0)
+    model = Model(name="bidir", network=build_network({"architecture": "bidir", "hidden_size": 8, "lookahead": 4}))
+    t = np.arange(200)
+    values = 10 + np.sin(t / 10.0) + 0.05 * np.random.default_rng(1).standard_normal(200)
+    path = tmp_path / "s.csv"
+    path.write_text("timestamp,value\n" + "".join(f"{1.7e9 + x},{v}\n" for x, v in zip(t, values)))
+    result = replay_files([path], batch=64, detector=Detector(model, channels=1))
+    assert (result.status[:-4] == 0).all() and (result.status[-4:] == PENDING).all()
+    assert result.scored == 196 and not result.rejected()
+    seen = np.isfinite(result.expected[:, 0])
+    assert seen[20:196].all() and not seen[196:].any()
+    # the expected value on each row is the estimate of that row's own reading
+    assert np.abs(result.expected[20:196, 0] - values[20:196]).mean() < 0.5
