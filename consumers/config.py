@@ -100,7 +100,11 @@ class ServiceConfig(BaseSettings):
         10_000, ge=1, le=1_000_000,
         description="A batched message with more readings than this is dead-lettered whole as too_many_readings.",
     )
-    linger_ms: int = Field(5, ge=0, le=10_000, description="Producer linger: how long outputs wait to be batched.")
+    linger_ms: int = Field(
+        0, ge=0, le=10_000,
+        description="Producer linger. The service batches its outputs itself (a record batch per partition), so "
+                    "waiting only adds latency; a few ms may help when batches are tiny.",
+    )
     grace_seconds: float = Field(
         30.0, gt=0, description="On SIGTERM/SIGINT: time to finish the batch, flush, commit and leave the group."
     )

@@ -540,9 +540,15 @@ class ScoringService:
             released, target, expected_rows, seen_rows = (result.released.tolist(), result.target_ts.tolist(),
                                                           result.expected.tolist(), result.seen.tolist())
         partitions: dict[tuple[str, int], TopicPartition] = {}
+        message_headers: dict[int, list[tuple[str, bytes]]] = {}
         for i in range(len(decoded)):
-            msg = messages[row_message[i]]
-            headers = _source_headers(msg, row_index[i])
+            m = row_message[i]
+            msg = messages[m]
+            headers = message_headers.get(m)
+            if headers is None:
+                headers = message_headers[m] = _source_headers(msg)
+            if row_index[i] >= 0:  # a reading of a batched message
+                headers = [*headers, ("source_index", str(row_index[i]).encode())]
             dead = decoded.dead[i]
             if dead is None and row_status[i] != SCORED:
                 reject = RejectReason(int(status[i]))
@@ -647,6 +653,7 @@ class ScoringService:
         producer = self.producer
         assert producer is not None
         partitions: dict[str, list[int] | BaseException] = {}
+        chosen: dict[tuple[str, bytes | None], int] = {}  # the partitioner hashes in python: once per key and topic
         batches: dict[tuple[str, int], tuple[BatchBuilder, list[Output]]] = {}
         sent: list[tuple[list[Output], asyncio.Future | BaseException]] = []
 
@@ -659,6 +666,8 @@ class ScoringService:
 
         for out in outputs:
             partition = out.partition
+            if partition is None and out.key is not None:
+                partition = chosen.get((out.topic, out.key))
             if partition is None:
                 parts = partitions.get(out.topic)
                 if parts is None:
@@ -670,6 +679,8 @@ class ScoringService:
                     sent.append(([out], parts))
                     continue
                 partition = self._partitioner(out.key, parts, parts)
+                if out.key is not None:
+                    chosen[(out.topic, out.key)] = partition
             slot = (out.topic, partition)
             if slot not in batches:
                 batches[slot] = (producer.create_batch(), [])
