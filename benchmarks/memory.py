@@ -108,7 +108,8 @@ def batch_of(start: int, stop: int, reading: int):
     return ids, ts, values[:, None]
 
 
-def measure_fleet(n: int, model_name: str, hidden: int, layers: int, readings: int, batch: int) -> dict:
+def measure_fleet(n: int, model_name: str, hidden: int, layers: int, readings: int, batch: int,
+                  state_dtype: str = "float32") -> dict:
     """Fill a detector with `n` sensors in this process and return what it cost (see the module doc)."""
     import numpy as np
     import torch
@@ -120,7 +121,7 @@ def measure_fleet(n: int, model_name: str, hidden: int, layers: int, readings: i
     model = untrained(hidden, layers) if model_name == "untrained" else load_model(model_name)
     batch = min(batch, n)
 
-    warm = Detector(model, channels=1, capacity=batch)
+    warm = Detector(model, channels=1, capacity=batch, state_dtype=state_dtype)
     for r in range(2):
         warm.score_arrays(*batch_of(0, batch, r))
     del warm
@@ -129,7 +130,7 @@ def measure_fleet(n: int, model_name: str, hidden: int, layers: int, readings: i
     peak_reset = reset_peak()
     before = proc_status("VmRSS")
 
-    det = Detector(model, channels=1, capacity=n)
+    det = Detector(model, channels=1, capacity=n, state_dtype=state_dtype)
     wall = cpu = 0.0
     last_wall = last_cpu = 0.0
     for r in range(readings):
@@ -194,7 +195,8 @@ def measure_fleet(n: int, model_name: str, hidden: int, layers: int, readings: i
 def run_fleet(n: int, args: argparse.Namespace) -> dict:
     """`measure_fleet(n)` in a fresh interpreter; its result comes back as the last line of its stdout."""
     cmd = [sys.executable, __file__, "--child", str(n), "--model", args.model, "--hidden", str(args.hidden),
-           "--layers", str(args.layers), "--readings", str(args.readings), "--batch", str(args.batch)]
+           "--layers", str(args.layers), "--readings", str(args.readings), "--batch", str(args.batch),
+           "--state-dtype", args.state_dtype]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
         return {"sensors": n, "failed": f"exit status {done.returncode} (killed for memory?)"}
@@ -247,6 +249,7 @@ def run(args: argparse.Namespace) -> dict:
             "model": args.model,
             "readings_per_sensor": args.readings,
             "batch": args.batch,
+            "state_dtype": args.state_dtype,
             "quick": args.quick,
         },
         "model": {k: first.get(k) for k in ("model", "hidden_size", "layers", "state_size", "torch", "numpy")},
@@ -441,6 +444,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=64, help="hidden size of the untrained GRU (default 64)")
     p.add_argument("--layers", type=int, default=1, help="layers of the untrained GRU (default 1)")
     p.add_argument("--readings", type=int, default=3, help="readings per sensor (default 3)")
+    p.add_argument("--state-dtype", choices=["float32", "float16"], default="float32",
+                   help="DetectorConfig.state_dtype: how the network state is stored (default float32)")
     p.add_argument("--batch", type=int, default=65_536, help="sensors per batch (default 65536)")
     p.add_argument("--quick", action="store_true", help="smoke run: fleets of 1e3 and 1e4, writes to a temp dir")
     p.add_argument("--out", type=Path, default=None,
@@ -460,7 +465,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        print(json.dumps(measure_fleet(args.child, args.model, args.hidden, args.layers, args.readings, args.batch)))
+        print(json.dumps(measure_fleet(args.child, args.model, args.hidden, args.layers, args.readings, args.batch,
+                                       args.state_dtype)))
         return 0
     if args.plot_only:
         print(f"wrote {plot(json.loads((args.out / 'memory.json').read_text()), args.out / 'memory.png')}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +67,11 @@ class DetectorConfig(BaseModel):
         7 * 86400.0, gt=0, description="Event-time seconds after which an idle sensor is evicted; None = never."
     )
     capacity: int = Field(1_000_000, ge=1, description="Most sensors held at once; the least recently seen go first.")
+    state_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="How each sensor's network state is stored between readings: float16 halves its"
+        " bytes (128 B less per sensor at 64 hidden units) for scores that differ by about 1e-3 (docs/performance.md)."
+        " Changing it discards checkpointed state."
+    )
     initial_capacity: int = Field(1024, ge=1, description="Slots allocated up front; grows by doubling.")
 
     @model_validator(mode="after")

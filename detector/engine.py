@@ -123,7 +123,7 @@ class Engine:
         self.joint = 2 <= channels <= config.correlation_max_channels
         """Whether sensors get the correlation view (see `correlation`)."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
-                              lookahead=self.delay or 0, correlation=self.joint)
+                              lookahead=self.delay or 0, correlation=self.joint, hidden_dtype=config.state_dtype)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -275,7 +275,8 @@ class Engine:
         features[:, :, 0] = z
         features[:, :, 1] = tfeat[:, None]
         started = time.perf_counter()
-        estimate, logvar, hidden = self.network.step(torch.from_numpy(features), torch.from_numpy(st.hidden))
+        state = torch.from_numpy(st.hidden if st.hidden.dtype == np.float32 else st.hidden.astype(np.float32))
+        estimate, logvar, hidden = self.network.step(torch.from_numpy(features), state)
         self.stats.network_seconds += time.perf_counter() - started
         st.hidden[:] = hidden.numpy()
         return estimate.numpy(), logvar.numpy()

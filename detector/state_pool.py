@@ -70,7 +70,7 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "pending_mean": ("f64", "KC"),
     "pending_std": ("f32", "KC"),
 }
-_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32}
+_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "f16": np.float16}
 _NAN_ON_RESET = ("forecast", "forecast_logvar")
 
 
@@ -112,6 +112,7 @@ class StatePool:
         initial_capacity: int = 1024,
         lookahead: int = 0,
         correlation: bool = False,
+        hidden_dtype: str = "float32",
     ) -> None:
         self.state_size = state_size
         self.channels = channels
@@ -119,8 +120,11 @@ class StatePool:
         self.correlation = correlation
         self.capacity = capacity
         self.stats = PoolStats()
-        self._layout, widths = _layout(state_size, channels, lookahead, correlation)
-        self._widths = widths
+        if hidden_dtype not in ("float32", "float16"):
+            raise ValueError(f"hidden_dtype must be float32 or float16, not {hidden_dtype!r}")
+        self.hidden_dtype = hidden_dtype
+        self._layout, widths = _layout(state_size, channels, lookahead, correlation, hidden_dtype == "float16")
+        self._widths = {b: w for b, w in widths.items() if w}  # no empty blocks: each costs a gather per wave
         self._blocks: dict[str, np.ndarray] = {}
         self._key_of = np.zeros(0, dtype=np.int64)  # id hash held by each slot; 0 = free
         self._map = IdMap(min(initial_capacity, capacity))
@@ -279,14 +283,16 @@ class StatePool:
 
 
 def _layout(
-    state_size: int, channels: int, lookahead: int = 0, correlation: bool = False
+    state_size: int, channels: int, lookahead: int = 0, correlation: bool = False, half_hidden: bool = False
 ) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
-    """Column of each field in its block, and each block's width."""
+    """Column of each field in its block, and each block's width (`half_hidden`: the network state in float16)."""
     cross = channels if correlation else 0
     sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels, "CX": cross, "CC": cross * cross}
     layout: dict[str, tuple[str, slice | int]] = {}
     widths = {b: 0 for b in _DTYPES}
     for name, (block, width) in _FIELDS.items():
+        if name == "hidden" and half_hidden:
+            block = "f16"
         start = widths[block]
         if width == 1:
             layout[name] = (block, start)

@@ -135,3 +135,36 @@ def test_id_map_stays_between_a_quarter_and_half_full_as_it_grows():
         m.insert(keys[start:start + 3_000], np.arange(start, min(keys.size, start + 3_000)))
         assert 24 <= m.nbytes / len(m) <= 48  # 12 bytes an entry at load 1/4..1/2
     np.testing.assert_array_equal(m.lookup(keys), np.arange(keys.size))
+
+
+def test_float16_state_halves_the_network_share_of_a_row():
+    full = StatePool(state_size=64, channels=1, capacity=10, initial_capacity=10)
+    half = StatePool(state_size=64, channels=1, capacity=10, initial_capacity=10, hidden_dtype="float16")
+    assert full.bytes_per_sensor - half.bytes_per_sensor == 64 * 2
+    assert half.hidden.dtype == np.float16 and full.hidden.dtype == np.float32
+    with pytest.raises(ValueError, match="float32 or float16"):
+        StatePool(state_size=4, channels=1, capacity=10, hidden_dtype="bfloat16")
+
+
+def test_float16_state_keeps_detection_and_batching_invariance():
+    """Half-precision state moves scores a little, not what is detected; batching still does not matter."""
+    from detector import Detector
+    from detector.model_store import untrained
+
+    model = untrained(16, 1, seed=1)
+    rng = np.random.default_rng(4)
+    t = np.arange(600)
+    values = (np.sin(t / 9.0)[:, None] + 0.1 * rng.standard_normal((600, 3)))
+    values[400:420, 1] += 3.0
+    ids = ["a", "b", "c"]
+    stream_ids = [ids[i % 3] for i in range(1800)]
+    ts = np.repeat(t.astype(float), 3)
+    vals = values.reshape(-1, 1)
+    full = Detector(model, channels=1).score_arrays(stream_ids, ts, vals)
+    half = Detector(model, channels=1, state_dtype="float16").score_arrays(stream_ids, ts, vals)
+    assert np.abs(full.score - half.score).mean() < 0.01
+    assert [(e.sensor_id, e.kind) for e in full.events] == [(e.sensor_id, e.kind) for e in half.events]
+    cut = Detector(model, channels=1, state_dtype="float16")
+    parts = [cut.score_arrays(stream_ids[a:a + 7], ts[a:a + 7], vals[a:a + 7]) for a in range(0, 1800, 7)]
+    np.testing.assert_allclose(np.concatenate([p.score for p in parts]), half.score, atol=1e-4)
+    assert [e.alert_id for p in parts for e in p.events] == [e.alert_id for e in half.events]
