@@ -362,14 +362,29 @@ def test_every_shipped_model_loads_beats_persistence_is_small_and_documented():
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
     names = shipped_model_names()
-    assert {"gru-default", "gru-2layer", "lstm-default", "rnn-tanh", "rnn-leaky"} <= set(names)
+    assert {"gru-default", "gru-2layer", "lstm-default", "rnn-tanh", "rnn-relu", "rnn-leaky", "rnn-prelu",
+            "encdec-default", "bidir-default"} <= set(names)
     for name in names:
         model = load_model(name)
         metrics = model.meta["metrics"]
         assert metrics["val_mse"] < metrics["persistence_val_mse"], name
-        assert model.network.target_offset == 1, name  # the engine scores forecasts only, for now
         assert sum(f.stat().st_size for f in (shipped_models_dir() / name).iterdir()) < 300_000, name
         assert f"| `{name}` |" in doc, f"{name} has no row in docs/models.md"
         x = torch.randn(4, 2, FEATURES)
         mean, logvar, h = model.network.step(x, torch.zeros(4, model.network.state_size(2)))
         assert torch.isfinite(mean).all() and torch.isfinite(logvar).all()
+
+
+@pytest.mark.parametrize("name", ["gru-default", "lstm-default", "rnn-prelu", "encdec-default", "bidir-default"])
+def test_shipped_models_alert_on_a_shift_and_stay_quiet_before_it(name):
+    """Each architecture's shipped weights, through the engine: a clean signal raises nothing; a 6 σ shift does."""
+    from detector.alerts import AlertKind
+
+    rng = np.random.default_rng(11)
+    t = np.arange(1500)
+    values = (10 + np.sin(t / 15.0) + 0.1 * rng.standard_normal(1500))[:, None]
+    values[1200:] += 6 * 0.7  # the signal's std is about 0.7
+    r = Detector(name, channels=1).score_arrays(["s"] * 1500, t.astype(float), values)
+    raised = [e.ts for e in r.events if e.kind is AlertKind.RAISE]
+    assert raised, name
+    assert 1200 <= raised[0] < 1230, (name, raised)
