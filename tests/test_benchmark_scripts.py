@@ -30,3 +30,14 @@ def test_engine_plot_only_redraws_the_png_from_the_json(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "engine.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_models_benchmark_smoke_run_covers_a_forecaster_and_a_look_ahead_model(tmp_path):
+    cmd = [sys.executable, str(BENCH / "models.py"), "--models", "gru-default,bidir-default", "--seconds", "0.05",
+           "--sensors", "40", "--steps", "120", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = {r["model"]: r for r in json.loads((tmp_path / "models.json").read_text())["models"]}
+    assert rows["bidir-default"]["lookahead"] == 4 and rows["gru-default"]["lookahead"] == 0
+    assert all(r["readings_per_s_4096"] > 0 and r["mse"] < r["persistence_mse"] for r in rows.values())
+    assert "| `bidir-default` |" in (tmp_path / "models.md").read_text()
