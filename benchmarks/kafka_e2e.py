@@ -10,7 +10,8 @@ fresh consumer group:
     committed offsets reach the end of every partition. readings/s = N / (time of the last commit −
     time of the first poll that returned records); the figure including connect and group join is
     reported too. Every reading is scored, produced to the scores topic, acknowledged (acks=all)
-    and committed, exactly as in production.
+    and committed, exactly as in production. `--batch-per-message N`: (a) sends N consecutive
+    readings of one sensor per message (the service's batched format, `{"sensor_id", "readings"}`).
 (b) Latency: with the service running and its partitions assigned, a separate load process offers
     R readings/s for D seconds (paced against the wall clock) and reads the scores topic. Each
     reading's send time (also in the message as `sent_at`) is matched to its score through the
@@ -19,6 +20,7 @@ fresh consumer group:
 
     .venv/bin/python benchmarks/kafka_e2e.py            # default run (< ~3 min), writes benchmarks/results/
     .venv/bin/python benchmarks/kafka_e2e.py --quick    # ~30 s smoke run, writes to a temporary directory
+    .venv/bin/python benchmarks/kafka_e2e.py --batch-per-message 100 --readings 1000000 --max-batch 100
 """
 
 from __future__ import annotations
@@ -108,6 +110,19 @@ def reading(sensor: int, step: int, sent_at: float | None = None) -> tuple[bytes
     return sid.encode(), orjson.dumps(doc)
 
 
+def batched_messages(n: int, sensors: int, per_message: int):
+    """(key, value, readings) of `n` readings in messages of `per_message` consecutive readings of one sensor."""
+    steps = -(-n // sensors)
+    for first in range(0, steps, per_message):
+        for sensor in range(sensors):
+            sid = f"s{sensor:05d}"
+            block = [orjson.loads(reading(sensor, step)[1]) for step in range(first, min(first + per_message, steps))
+                     if step * sensors + sensor < n]
+            if block:
+                readings = [{"ts": d["ts"], "value": d["value"]} for d in block]
+                yield sid.encode(), orjson.dumps({"sensor_id": sid, "readings": readings}), len(readings)
+
+
 def fast_producer(bootstrap: str):
     from aiokafka import AIOKafkaProducer
 
@@ -122,6 +137,9 @@ def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namesp
     from detector.config import DetectorConfig
 
     kw = {"max_batch": args.max_batch} if args.max_batch else {}
+    if args.batch_per_message > 1:  # ~45 bytes a reading in the envelope
+        kw.update(max_message_bytes=max(65_536, 64 * args.batch_per_message), max_readings_per_message=max(
+            10_000, args.batch_per_message))
     return ServiceConfig(
         bootstrap_servers=bootstrap, input_topics=[topics["in"]], scores_topic=topics["scores"],
         alerts_topic=topics["alerts"], dead_letter_topic=topics["dlq"], group_id=unique("bench-group"),
@@ -174,9 +192,14 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
     started = time.perf_counter()
     futures = []
     ends: dict[int, int] = {}
+    if args.batch_per_message > 1:
+        messages = batched_messages(n, sensors, args.batch_per_message)
+    else:
+        messages = (reading(i % sensors, i // sensors) + (1,) for i in range(n))
+    n_messages = 0
     try:
-        for i in range(n):
-            key, value = reading(i % sensors, i // sensors)
+        for key, value, _ in messages:
+            n_messages += 1
             futures.append(await producer.send(topics["in"], value, key=key))
             if len(futures) >= 20_000:
                 for meta in await asyncio.gather(*futures):
@@ -222,6 +245,8 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
     stats = service.stats
     return {
         "readings": n,
+        "messages": n_messages,
+        "readings_per_message": n / n_messages,
         "sensors": sensors,
         "partitions": args.partitions,
         "max_batch": cfg.max_batch,
@@ -235,7 +260,7 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
         "scored": stats.scored,
         "dead_lettered": sum(stats.dead_lettered.values()),
         "batches": stats.batches,
-        "mean_batch": stats.consumed / max(stats.batches, 1),
+        "mean_batch": stats.messages / max(stats.batches, 1),
     }
 
 
@@ -414,7 +439,8 @@ def markdown(res: dict) -> str:
         f"| (b) produce → score latency p50 | **{b['p50_ms']:.1f} ms** |",
         f"| (b) p90 / p99 / max | {b['p90_ms']:.1f} / **{b['p99_ms']:.1f}** / {b['max_ms']:.1f} ms |",
         "",
-        f"- (a): {a['readings']:,} one-reading messages of {a['sensors']:,} univariate sensors, keyed by sensor id, "
+        f"- (a): {a['readings']:,} readings in {a['messages']:,} messages ({a['readings_per_message']:g} per message) "
+        f"of {a['sensors']:,} univariate sensors, keyed by sensor id, "
         f"on {a['partitions']} partitions, produced beforehand; the `ScoringService` (max_batch {a['max_batch']}, "
         f"mean batch {a['mean_batch']:.0f} messages, {a['batches']} batches) consumed them from offset 0, scored "
         f"every one ({a['scored']:,} scores, {a['dead_lettered']} dead letters), produced the scores (acks=all) "
@@ -444,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=None, help="offered readings/s for (b) (default 2000; quick 1000)")
     p.add_argument("--duration", type=float, default=None, help="seconds of offered load for (b) (default 20; quick 5)")
     p.add_argument("--max-batch", type=int, default=None, help="service max_batch (default: the service's, 500)")
+    p.add_argument("--batch-per-message", type=int, default=1, metavar="N",
+                   help="(a): N readings of one sensor per message (default 1)")
     p.add_argument("--model", default="gru-default", help="model (default gru-default)")
     p.add_argument("--port", type=int, default=29192, help="broker port for scripts/kafka.sh (default 29192)")
     p.add_argument("--controller-port", type=int, default=29193, help="controller port (default 29193)")
