@@ -881,14 +881,16 @@ class ScoringService:
                      f"; positions ahead of the committed offsets: {', '.join(seeks)}" if seeks else "",
                      extra={"restored": report[0], "model_changed": report[1], "refused": report[2],
                             "restore_seconds": round(elapsed, 3)})
-            if report[2]:
-                log.warning("%d changelog record(s) refused (other format, layout or channel count): "
-                            "those sensors start fresh", report[2])
         finally:
             self._restoring = False
 
     def _import(self, ids: list[str], records: list[bytes]) -> tuple[int, int, int]:
-        """Import states into the engine (or keep them until it exists); returns (restored, model_changed, refused)."""
+        """Import states into the engine (or keep them until it exists); returns (restored, model_changed, refused).
+
+        Without an engine yet (channel count learnt from the first reading) the states wait in
+        `_pending_states` (the restore's log line counts them as restored); `_score` imports them, and
+        the warnings below then say what was refused or restarted.
+        """
         if not ids:
             return 0, 0, 0
         if self.engine is None:
@@ -902,6 +904,9 @@ class ScoringService:
         if report.model_changed:
             log.warning("%d sensor state(s) were written under other model weights: statistics kept, hidden state "
                         "restarted", report.model_changed)
+        if report.refused:
+            log.warning("%d changelog record(s) refused (other format, layout or channel count): those sensors start "
+                        "fresh", report.refused)
         return report.restored, report.model_changed, report.refused
 
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:

@@ -25,6 +25,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from consumers import crash
 from consumers.checkpoints import MARKER_PREFIX
 from consumers.service import ScoringService
+from detector.config import DetectorConfig
 from detector.engine import Engine
 from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     committed_offsets,
@@ -572,6 +573,29 @@ def test_model_change_keeps_statistics(kafka_bootstrap, model):
     stats = asyncio.run(scenario()).checkpoint_stats
     assert stats.refused == 5
     assert stats.model_changed == 50
+
+
+def test_records_refused_after_the_engine_starts_are_reported(kafka_bootstrap, model, caplog):
+    """Channels unknown at the restore: the states wait for the first reading; unreadable ones are then warned about.
+
+    (A layout change between two versions of the code makes every old record unreadable: the log must say so.)
+    """
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap, partitions=1)
+        group = unique_name("g")
+        cfg = service_config(kafka_bootstrap, topics, group).model_copy(update={"detector": DetectorConfig()})
+        assert cfg.detector.channels is None  # learnt from the first reading
+        await create_topics(kafka_bootstrap, {cfg.changelog_name: 1})
+        await produce(kafka_bootstrap, cfg.changelog_name, [(f"s{i:02d}".encode(), b"\x00garbage") for i in range(3)])
+        await produce(kafka_bootstrap, topics["in"], fleet(sensors=3, steps=1))
+        with caplog.at_level(logging.WARNING, logger="hiddenstate.serve"):
+            service = await _run_until_committed(cfg, model, kafka_bootstrap, topics["in"],
+                                                 await end_offsets(kafka_bootstrap, topics["in"]))
+        return service
+
+    stats = asyncio.run(scenario()).checkpoint_stats
+    assert stats.refused == 3 and stats.restored == 0
+    assert any("3 changelog record(s) refused" in r.getMessage() for r in caplog.records)
 
 
 def test_exactly_once_zombie_is_fenced(kafka_bootstrap, model):
