@@ -290,8 +290,10 @@ def run(args, render) -> int:
     from detector.demo import format_report
 
     # the live view is the output; keep aiokafka's connection chatter and the service's info lines out of it
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    logging.getLogger("hiddenstate").setLevel(logging.WARNING)
+    quiet = {"aiokafka": logging.CRITICAL, "hiddenstate": logging.WARNING}
+    levels = {name: logging.getLogger(name).level for name in quiet}
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
     broker = LocalBroker()
     bootstrap = args.bootstrap
     try:
@@ -320,5 +322,7 @@ def run(args, render) -> int:
         if broker.started:
             print("stopping the local Kafka broker (scripts/kafka.sh stop)…", flush=True)
             broker.stop()
+        for name, level in levels.items():  # as they were (the command may run inside a longer process)
+            logging.getLogger(name).setLevel(level)
     print(format_report(report))
     return 0

@@ -7,6 +7,7 @@ the test does not start or stop a broker of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 
 from detector.cli import main
@@ -49,7 +50,9 @@ def test_through_kafka_detects_what_the_in_process_demo_detects(kafka_bootstrap)
 
 
 def test_demo_command_with_bootstrap(kafka_bootstrap, capsys):
+    before = {name: logging.getLogger(name).level for name in ("aiokafka", "hiddenstate")}
     rc = main(["demo", "--kafka", "--bootstrap", kafka_bootstrap, "--duration", "4", "--sensors", "50", "--no-live"])
+    assert {name: logging.getLogger(name).level for name in before} == before  # quietened for the run only
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"Kafka at {kafka_bootstrap}" in out
