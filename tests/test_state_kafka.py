@@ -288,7 +288,7 @@ def test_rebalance_moves_state_through_the_changelog(kafka_bootstrap, model, gua
     messages = fleet(sensors=sensors, steps=steps, seed=6)
     ref_scores, ref_events = reference(model, messages)
     assert any(e.kind.value == "raise" for e in ref_events)
-    part1, part2 = sensors * 30, sensors * 60  # steps 0-29 before B joins, 30-59 while it joins, 60- while A leaves
+    part1, part2 = sensors * 30, sensors * 60  # steps 0-29: A alone; 30-39: B joins; 40-59: split; 60-: A leaves
 
     async def scenario():
         topics = await new_topics(kafka_bootstrap)
@@ -297,12 +297,14 @@ def test_rebalance_moves_state_through_the_changelog(kafka_bootstrap, model, gua
         # two instances in one process: each needs its own transactional id
         a = ScoringService(cfg.model_copy(update={"transactional_id": unique_name("txn-a")}), model)
         b = ScoringService(cfg.model_copy(update={"transactional_id": unique_name("txn-b")}), model)
-        b_joined, a_leaving = asyncio.Event(), asyncio.Event()
+        b_joined, split_seen, a_leaving = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
         async def feed():
             await produce(kafka_bootstrap, topics["in"], messages[:part1])
             await b_joined.wait()
             for i in range(part1, part2, sensors):  # one step of the fleet every 0.1 s
+                if i == part1 + 10 * sensors:  # ten steps while B joins, the rest once the partitions are split
+                    await split_seen.wait()
                 await produce(kafka_bootstrap, topics["in"], messages[i:i + sensors])
                 await asyncio.sleep(0.1)
             await a_leaving.wait()
@@ -325,7 +327,9 @@ def test_rebalance_moves_state_through_the_changelog(kafka_bootstrap, model, gua
             await asyncio.sleep(0.1)
         split = {"a": {tp.partition for tp in a.consumer.assignment()},
                  "b": {tp.partition for tp in b.consumer.assignment()}}
-        assert not feeding.done(), "the stream ended before B joined"
+        split_seen.set()
+        await wait_committed(kafka_bootstrap, group, topics["in"], {}, timeout=120,
+                             predicate=lambda c: sum(c.values()) >= part2 - 5 * sensors)
         a_leaving.set()
         a.request_stop()
         await asyncio.wait_for(run_a, 60)
