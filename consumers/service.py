@@ -318,7 +318,12 @@ class ScoringService:
             checks["event_loop"] = (age <= limit, f"last turn {age:.1f}s ago (limit {limit:g}s)")
         if self._running and self._beat is not None:
             age = now - self._beat
-            checks["processing_loop"] = (age <= limit, f"last poll {age:.1f}s ago (limit {limit:g}s)")
+            if age > limit and self._broker_lost is not None:
+                # waiting on a broker that does not answer (readiness says so): a restart would not bring it back
+                checks["processing_loop"] = (True, f"last poll {age:.1f}s ago, waiting for Kafka (not answering for "
+                                                   f"{now - self._broker_lost:.0f}s)")
+            else:
+                checks["processing_loop"] = (age <= limit, f"last poll {age:.1f}s ago (limit {limit:g}s)")
         return all(ok for ok, _ in checks.values()), checks
 
     def readiness(self) -> tuple[bool, Checks]:
@@ -635,13 +640,39 @@ class ScoringService:
             if not failed:
                 return
             self.stats.produce_retries += len(failed)
-            log.warning("%d of %d outputs not acknowledged (%s); resending in %.1fs",
+            log.warning("%d of %d outputs not acknowledged (%s); resending in %.1fs with a new producer",
                         len(failed), len(pending), _err(errors[0]), delay)
             # not interrupted by a stop request: `serve` bounds a stuck batch by the grace period
             await asyncio.sleep(delay)
             self._heartbeat()  # retrying with backoff is progress, not a stuck loop
+            await self._renew_producer()
             delay = min(delay * 2, cfg.retry_max_seconds)
             pending = failed
+
+    async def _renew_producer(self) -> None:
+        """Replace the producer by a fresh one: a new producer id, whose sequence numbers start again.
+
+        After a failed batch (one that expired while the broker was down, for instance) aiokafka's
+        idempotent producer keeps the sequence numbers it had given out, and the broker answers every
+        later batch with OutOfOrderSequenceNumber, for good. A new producer id is the way out (the Java
+        client bumps the epoch instead). Keeps trying, with backoff, while the broker is unreachable.
+        """
+        cfg = self.config
+        await _quietly_stop(None, self.producer)
+        delay = cfg.retry_initial_seconds
+        while True:
+            producer = self._make_producer()
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await _quietly_stop(None, producer)
+                log.warning("cannot start a new producer: %s; retrying in %.1fs", _err(exc), delay)
+                await asyncio.sleep(delay)
+                self._heartbeat()
+                delay = min(delay * 2, cfg.retry_max_seconds)
+                continue
+            self.producer = producer
+            return
 
     async def _send_batches(self, outputs: list[Output]) -> list[tuple[list[Output], asyncio.Future | BaseException]]:
         """Send outputs as record batches, one open batch per topic partition; returns each batch's outputs and future.

@@ -4,8 +4,11 @@ The test starts a broker of its own with scripts/kafka.sh, on free ports and a d
 under tmp_path (not the shared session broker: it stops it), stops it *without* `--clean` while
 the service is working through a stream, waits, starts it again on the same data, and produces
 more. At-least-once must hold across the outage: every input offset is scored at least once,
-the committed offsets reach the end, the service never restarts itself, and its log says that
-the broker went away and came back.
+the committed offsets reach the end, the service never restarts itself, /healthz stays healthy
+while it waits for the broker (a liveness probe would otherwise restart it for nothing), and its log
+says that the broker went away and came back. The outage is longer than aiokafka's request timeout
+(40 s), so an in-flight output batch can expire: the idempotent producer must then be replaced, or
+every later batch is refused with OutOfOrderSequenceNumber.
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def broker(tmp_path) -> Iterator[Broker]:
         asyncio.run(broker.stop(clean=True))
 
 
+OUTAGE_SECONDS = 45
+
+
 def test_broker_stopped_and_started_mid_stream(broker, model, caplog):
     messages = fleet(sensors=20, steps=250, seed=4)  # 5000 readings
     first, second = messages[:4000], messages[4000:]
@@ -83,7 +89,8 @@ def test_broker_stopped_and_started_mid_stream(broker, model, caplog):
         topics = await new_topics(broker.bootstrap)
         group = unique_name("g")
         cfg = service_config(broker.bootstrap, topics, group, max_batch=10, broker_probe_seconds=0.5,
-                             broker_stale_seconds=5, retry_initial_seconds=0.2, retry_max_seconds=2)
+                             broker_stale_seconds=5, retry_initial_seconds=0.2, retry_max_seconds=2,
+                             health_stall_seconds=10)
         async with ScoringService(cfg, model) as service:
             task = asyncio.create_task(service.run())
             await produce(topics["in"], first)
@@ -92,8 +99,12 @@ def test_broker_stopped_and_started_mid_stream(broker, model, caplog):
                                  predicate=lambda c: sum(c.values()) >= 100)
             await broker.stop()
             at_stop = service.stats.scored
-            await asyncio.sleep(5)
-            assert not task.done(), "the service stopped while the broker was down"
+            for _ in range(OUTAGE_SECONDS):  # longer than health_stall_seconds: still healthy, not ready
+                await asyncio.sleep(1)
+                healthy, checks = service.health()
+                assert healthy, checks
+                assert not task.done(), "the service stopped while the broker was down"
+            assert not service.readiness()[0]
             await broker.restart()
             await produce(topics["in"], second)
             ends = await end_offsets(broker.bootstrap, topics["in"])
