@@ -32,6 +32,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import multiprocessing as mp  # noqa: E402
@@ -42,6 +43,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -79,6 +81,36 @@ class Broker:
         if self.ours:
             subprocess.run([str(SCRIPT), "stop", "--clean"], env=self.env, capture_output=True, text=True,
                            timeout=120)
+
+
+@contextlib.contextmanager
+def broker_for(args: argparse.Namespace) -> Iterator[str]:
+    """The bootstrap to use: `--bootstrap` as given, else a broker started here (and stopped after)."""
+    if args.bootstrap:
+        yield args.bootstrap
+        return
+    broker = Broker(args.port, args.controller_port)
+    print(f"starting the broker on 127.0.0.1:{args.port} (scripts/kafka.sh)", flush=True)
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
+
+
+def prepare_run(model_name: str):  # noqa: ANN201 - a detector Model
+    """One torch thread, quiet client logs, and the model to serve (an untrained GRU if it cannot load)."""
+    import torch
+
+    from detector.model_store import load_model, untrained
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    # transient on a fresh broker (e.g. the group coordinator still loading); a real failure raises
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        return load_model(model_name)
+    except Exception:  # noqa: BLE001 - speed does not depend on the weights
+        return untrained(32, 1)
 
 
 def unique(prefix: str) -> str:
@@ -491,27 +523,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from detector.model_store import load_model, untrained
-
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # transient on a fresh broker (e.g. the group coordinator still loading); a real failure raises
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        model = load_model(args.model)
-    except Exception:  # noqa: BLE001 - speed does not depend on the weights
-        model = untrained(32, 1)
+    model = prepare_run(args.model)
     info = machine_info()
-    broker = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        broker = Broker(args.port, args.controller_port)
-        print(f"starting the broker on 127.0.0.1:{args.port} (scripts/kafka.sh)", flush=True)
-        bootstrap = broker.start()
-    try:
+    with broker_for(args) as bootstrap:
         print("(a) throughput", flush=True)
         a = asyncio.run(throughput(bootstrap, args, model))
         print(f"  {a['readings_per_s']:,.0f} readings/s ({a['readings']:,} in {a['seconds']:.1f} s; "
@@ -522,9 +537,6 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['missing']} unmatched)", flush=True)
         if b["missing"] or args.rate > a["readings_per_s"]:
             print("  warning: offered more than the service sustains; latency is a backlog, see the notes", flush=True)
-    finally:
-        if broker is not None:
-            broker.stop()
     argv_shown = sys.argv[1:] if argv is None else argv
     res = {
         "machine": info,

@@ -33,7 +33,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import logging  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -47,11 +46,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.kafka_e2e import (  # noqa: E402
     RESULTS,
-    Broker,
+    broker_for,
     committed,
     create_topics,
     fast_producer,
     machine_info,
+    prepare_run,
     reading,
     unique,
 )
@@ -376,34 +376,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    from detector.model_store import load_model, untrained
-
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # transient on a fresh broker (e.g. the group coordinator still loading); a real failure raises
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        model = load_model(args.model)
-    except Exception:  # noqa: BLE001 - speed does not depend on the weights
-        model = untrained(32, 1)
+    model = prepare_run(args.model)
     info = machine_info()
-    broker = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        broker = Broker(args.port, args.controller_port)
-        print(f"starting the broker on 127.0.0.1:{args.port} (scripts/kafka.sh)", flush=True)
-        bootstrap = broker.start()
-    try:
+    with broker_for(args) as bootstrap:
         print("(a) throughput by processing guarantee", flush=True)
         a = asyncio.run(throughput(bootstrap, args, model))
         print(f"(b) restore of {args.restore_sensors:,} sensors", flush=True)
         b = asyncio.run(restore(bootstrap, args, model))
-    finally:
-        if broker is not None:
-            broker.stop()
     argv_shown = sys.argv[1:] if argv is None else argv
     res = {
         "machine": info,
