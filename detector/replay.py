@@ -186,14 +186,13 @@ def replay_files(
             )
             status[offset + start : offset + stop] = out.status
             released = np.flatnonzero(out.released)
-            accepted = offset + start + np.flatnonzero(out.status == SCORED)
-            status[accepted] = PENDING  # until a score arrives for the row
             if out.delay:  # a look-ahead model scores each sensor's reading `delay` readings back
+                status[offset + start + np.flatnonzero(out.status == SCORED)] = PENDING  # until its score arrives
                 targets = offset + np.array([index[(out.sensor_ids[j], out.target_ts[j])] for j in released.tolist()],
                                             dtype=np.int64)
+                status[targets] = SCORED
             else:
                 targets = offset + start + released
-            status[targets] = SCORED
             score[targets], anomalous[targets] = out.score[released], out.anomalous[released]
             alerting[targets], expected[targets] = out.alerting[released], out.expected[released]
             events.extend(dataclasses.replace(e, channel_name=names[e.channel]) for e in out.events)
