@@ -37,15 +37,19 @@ def _stream(sensors: int, steps: int, channels: int, seed: int) -> list[tuple[st
     return out
 
 
-def _run(model, stream, cuts: list[int], channels: int):
-    det = Detector(model, config=CONFIG, channels=channels)
-    per_reading, events = [], []
+def score_in_cuts(det: Detector, stream, cuts: list[int]):
+    """Score `stream` (sensor, ts, values) in batches cut at `cuts`; yields each batch's StepResult."""
     bounds = [0, *cuts, len(stream)]
     for a, b in zip(bounds, bounds[1:]):
         part = stream[a:b]
-        if not part:
-            continue
-        r = det.score_arrays([p[0] for p in part], np.array([p[1] for p in part]), np.stack([p[2] for p in part]))
+        if part:
+            yield det.score_arrays([p[0] for p in part], np.array([p[1] for p in part]), np.stack([p[2] for p in part]))
+
+
+def _run(model, stream, cuts: list[int], channels: int):
+    det = Detector(model, config=CONFIG, channels=channels)
+    per_reading, events = [], []
+    for r in score_in_cuts(det, stream, cuts):
         for i in range(len(r)):
             per_reading.append((r.sensor_ids[i], r.ts[i], r.score[i], r.anomalous[i], r.alerting[i], r.expected[i]))
         events += r.events

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from detector import Detector, Model, ModelError
 from detector.networks import Network, build_network
-from tests.test_engine import CONFIG, _stream
+from tests.test_engine import CONFIG, _stream, score_in_cuts
 
 K = 3
 
@@ -27,12 +27,7 @@ def _run(model: Model, stream, cuts: list[int], channels: int):
     """Each scored reading, keyed by (sensor, the reading's own ts), and the alert events."""
     det = Detector(model, config=CONFIG, channels=channels)
     scored, events = {}, []
-    bounds = [0, *cuts, len(stream)]
-    for a, b in zip(bounds, bounds[1:]):
-        part = stream[a:b]
-        if not part:
-            continue
-        r = det.score_arrays([p[0] for p in part], np.array([p[1] for p in part]), np.stack([p[2] for p in part]))
+    for r in score_in_cuts(det, stream, cuts):
         assert (r.status == 0).all()
         for i in np.flatnonzero(r.released).tolist():
             scored[(r.sensor_ids[i], float(r.target_ts[i]))] = (r.score[i], r.anomalous[i], r.alerting[i],
