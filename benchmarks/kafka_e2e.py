@@ -209,12 +209,50 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
+async def wait_for_commits(bootstrap: str, group: str, topic: str, ends: dict[int, int], task: asyncio.Task,
+                           timeout: float, what: str = "") -> None:
+    """Until `group` has committed `ends` on `topic`; raises if the service's `task` ends first or time runs out."""
+    from aiokafka.errors import KafkaError
+
+    prefix = f"{what}: " if what else ""
+    deadline = time.perf_counter() + timeout
+    while True:
+        try:
+            got = await committed(bootstrap, group, topic)
+        except KafkaError as exc:  # the group coordinator may still be loading
+            if not exc.retriable:
+                raise
+            got = {}
+        if got and all(got.get(p, 0) >= e for p, e in ends.items()):
+            return
+        if task.done():
+            task.result()
+            raise RuntimeError(f"{prefix}the service stopped before committing everything")
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{prefix}committed {got}, wanted {ends} after {timeout} s")
+        await asyncio.sleep(0.2)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How to rerun this benchmark: `argv`, or this process's own arguments."""
+    shown = sys.argv[1:] if argv is None else argv
+    return " ".join([".venv/bin/python", f"benchmarks/{script}", *map(shlex.quote, shown)])
+
+
+def write_results(out: Path, name: str, res: dict, text: str) -> None:
+    """Print the markdown report and write it and the JSON as `out/<name>.{md,json}`."""
+    print()
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}")
+
+
 # ----------------------------------------------------------------------------- (a) throughput
 
 
 async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
-    from aiokafka.errors import KafkaError
-
     from consumers.service import ScoringService
 
     topics = await create_topics(bootstrap, args.partitions)
@@ -252,22 +290,7 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
     await service.start()
     task = asyncio.create_task(service.run())
     try:
-        deadline = time.perf_counter() + args.timeout
-        while True:
-            try:
-                got = await committed(bootstrap, cfg.group_id, topics["in"])
-            except KafkaError as exc:  # the group coordinator may still be loading
-                if not exc.retriable:
-                    raise
-                got = {}
-            if got and all(got.get(p, 0) >= e for p, e in ends.items()):
-                break
-            if task.done():
-                task.result()
-                raise RuntimeError("the service stopped before committing everything")
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"committed {got}, wanted {ends} after {args.timeout} s")
-            await asyncio.sleep(0.2)
+        await wait_for_commits(bootstrap, cfg.group_id, topics["in"], ends, task, args.timeout)
     finally:
         service.request_stop()
         await asyncio.wait_for(task, 60)
@@ -537,21 +560,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['missing']} unmatched)", flush=True)
         if b["missing"] or args.rate > a["readings_per_s"]:
             print("  warning: offered more than the service sustains; latency is a backlog, see the notes", flush=True)
-    argv_shown = sys.argv[1:] if argv is None else argv
     res = {
         "machine": info,
         "model": model.model_id,
-        "command": " ".join([".venv/bin/python", "benchmarks/kafka_e2e.py", *map(shlex.quote, argv_shown)]),
+        "command": command_line("kafka_e2e.py", argv),
         "throughput": a,
         "latency": b,
     }
-    text = markdown(res)
-    print()
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kafka_e2e.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "kafka_e2e.md").write_text(text)
-    print(f"wrote {args.out / 'kafka_e2e.json'} and {args.out / 'kafka_e2e.md'}")
+    write_results(args.out, "kafka_e2e", res, markdown(res))
     return 0
 
 

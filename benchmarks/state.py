@@ -32,8 +32,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
-import json  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -47,13 +45,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.kafka_e2e import (  # noqa: E402
     RESULTS,
     broker_for,
-    committed,
+    command_line,
     create_topics,
     fast_producer,
     machine_info,
     prepare_run,
     reading,
     unique,
+    wait_for_commits,
+    write_results,
 )
 
 MODES = ("at_least_once, no checkpoints", "at_least_once", "exactly_once")
@@ -98,7 +98,6 @@ def mode_config(bootstrap: str, topics: dict[str, str], mode: str, max_batch: in
 async def one_pass(bootstrap: str, topics: dict[str, str], ends: dict[int, int], mode: str, max_batch: int,
                    args: argparse.Namespace, model) -> dict:
     """The service reads the whole input topic once in `mode`; returns its readings/s and counts."""
-    from aiokafka.errors import KafkaError
 
     from consumers.service import ScoringService
 
@@ -117,22 +116,7 @@ async def one_pass(bootstrap: str, topics: dict[str, str], ends: dict[int, int],
     await service.start()
     task = asyncio.create_task(service.run())
     try:
-        deadline = time.perf_counter() + args.timeout
-        while True:
-            try:
-                got = await committed(bootstrap, cfg.group_id, topics["in"])
-            except KafkaError as exc:  # the group coordinator may still be loading
-                if not exc.retriable:
-                    raise
-                got = {}
-            if got and all(got.get(p, 0) >= e for p, e in ends.items()):
-                break
-            if task.done():
-                task.result()
-                raise RuntimeError(f"{mode}: the service stopped before committing everything")
-            if time.perf_counter() > deadline:
-                raise TimeoutError(f"{mode}: committed {got}, wanted {ends} after {args.timeout} s")
-            await asyncio.sleep(0.2)
+        await wait_for_commits(bootstrap, cfg.group_id, topics["in"], ends, task, args.timeout, what=mode)
     finally:
         service.request_stop()
         await asyncio.wait_for(task, 60)
@@ -384,21 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         a = asyncio.run(throughput(bootstrap, args, model))
         print(f"(b) restore of {args.restore_sensors:,} sensors", flush=True)
         b = asyncio.run(restore(bootstrap, args, model))
-    argv_shown = sys.argv[1:] if argv is None else argv
     res = {
         "machine": info,
         "model": model.model_id,
-        "command": " ".join([".venv/bin/python", "benchmarks/state.py", *map(shlex.quote, argv_shown)]),
+        "command": command_line("state.py", argv),
         "throughput": a,
         "restore": b,
     }
-    text = markdown(res)
-    print()
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "state.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "state.md").write_text(text)
-    print(f"wrote {args.out / 'state.json'} and {args.out / 'state.md'}")
+    write_results(args.out, "state", res, markdown(res))
     return 0
 
 
