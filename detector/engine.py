@@ -118,12 +118,14 @@ class Engine:
         self.network = network.eval()
         self.config = config
         self.channels = channels
-        self.delay: int | None = None if offset == 1 else -offset
-        """None for a forecaster; else how many readings later a reading is scored (0 for encdec)."""
+        self.forecaster = offset == 1
+        """Whether the network forecasts the next reading (else it estimates one it has seen: encdec, bidir)."""
+        self.delay = network.lookahead
+        """How many readings after a reading its score comes (bidir's look-ahead; 0 for the others)."""
         self.joint = 2 <= channels <= config.correlation_max_channels
         """Whether sensors get the correlation view (see `correlation`)."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
-                              lookahead=self.delay or 0, correlation=self.joint, hidden_dtype=config.state_dtype)
+                              lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -157,7 +159,7 @@ class Engine:
             events=[],
             target_ts=np.full(n, np.nan),
             seen=np.full((n, self.channels), np.nan),
-            delay=self.delay or 0,
+            delay=self.delay,
         )
         self._check_stateless(result, values)
         accepted = np.flatnonzero(status == SCORED)
@@ -226,7 +228,7 @@ class Engine:
         # The reading's frame: the statistics as they are before it (they were updated at the previous reading).
         mean, var = st.norm_mean.copy(), st.norm_var.copy()
         std = normalise.scale(mean, var)
-        if self.delay is None:
+        if self.forecaster:
             # A forecaster: score the reading against the forecast made at the previous one, then forecast the next.
             has_forecast = (st.since_reset > 0) & (count >= calibration.MIN_READINGS)
             expected = mean + std * st.forecast
