@@ -21,6 +21,8 @@ fresh consumer group:
     .venv/bin/python benchmarks/kafka_e2e.py            # default run (< ~3 min), writes benchmarks/results/
     .venv/bin/python benchmarks/kafka_e2e.py --quick    # ~30 s smoke run, writes to a temporary directory
     .venv/bin/python benchmarks/kafka_e2e.py --batch-per-message 100 --readings 1000000 --max-batch 100
+    .venv/bin/python benchmarks/kafka_e2e.py --batch-per-message 100 --columnar --score-records per_message \
+        --readings 2000000 --max-batch 1000
 """
 
 from __future__ import annotations
@@ -142,15 +144,19 @@ def reading(sensor: int, step: int, sent_at: float | None = None) -> tuple[bytes
     return sid.encode(), orjson.dumps(doc)
 
 
-def batched_messages(n: int, sensors: int, per_message: int):
-    """(key, value, readings) of `n` readings in messages of `per_message` consecutive readings of one sensor."""
+def batched_messages(n: int, sensors: int, per_message: int, columnar: bool = False):
+    """(key, value, readings) of `n` readings in messages of `per_message` consecutive readings of one sensor
+    (`columnar`: as `{"sensor_id", "ts": [...], "value": [...]}`)."""
     steps = -(-n // sensors)
     for first in range(0, steps, per_message):
         for sensor in range(sensors):
             sid = f"s{sensor:05d}"
             block = [orjson.loads(reading(sensor, step)[1]) for step in range(first, min(first + per_message, steps))
                      if step * sensors + sensor < n]
-            if block:
+            if block and columnar:
+                doc = {"sensor_id": sid, "ts": [d["ts"] for d in block], "value": [d["value"] for d in block]}
+                yield sid.encode(), orjson.dumps(doc), len(block)
+            elif block:
                 readings = [{"ts": d["ts"], "value": d["value"]} for d in block]
                 yield sid.encode(), orjson.dumps({"sensor_id": sid, "readings": readings}), len(readings)
 
@@ -168,7 +174,8 @@ def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namesp
     from consumers.config import ServiceConfig
     from detector.config import DetectorConfig
 
-    kw = {"max_batch": args.max_batch} if args.max_batch else {}
+    kw: dict[str, object] = {"max_batch": args.max_batch} if args.max_batch else {}
+    kw["score_records"] = args.score_records
     if args.batch_per_message > 1:  # ~45 bytes a reading in the envelope
         kw.update(max_message_bytes=max(65_536, 64 * args.batch_per_message), max_readings_per_message=max(
             10_000, args.batch_per_message))
@@ -263,7 +270,7 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
     futures = []
     ends: dict[int, int] = {}
     if args.batch_per_message > 1:
-        messages = batched_messages(n, sensors, args.batch_per_message)
+        messages = batched_messages(n, sensors, args.batch_per_message, args.columnar)
     else:
         messages = (reading(i % sensors, i // sensors) + (1,) for i in range(n))
     n_messages = 0
@@ -305,6 +312,9 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
         "sensors": sensors,
         "partitions": args.partitions,
         "max_batch": cfg.max_batch,
+        "columnar": args.columnar,
+        "score_records": cfg.score_records,
+        "score_messages": stats.score_messages,
         "produce_seconds": produce_seconds,
         "producer_readings_per_s": n / produce_seconds,
         "seconds": last - first,
@@ -494,11 +504,14 @@ def markdown(res: dict) -> str:
         f"| (b) produce → score latency p50 | **{b['p50_ms']:.1f} ms** |",
         f"| (b) p90 / p99 / max | {b['p90_ms']:.1f} / **{b['p99_ms']:.1f}** / {b['max_ms']:.1f} ms |",
         "",
-        f"- (a): {a['readings']:,} readings in {a['messages']:,} messages ({a['readings_per_message']:g} per message) "
+        f"- (a): {a['readings']:,} readings in {a['messages']:,} messages ({a['readings_per_message']:g} per message"
+        f"{', as columns' if a.get('columnar') else ''}) "
         f"of {a['sensors']:,} univariate sensors, keyed by sensor id, "
         f"on {a['partitions']} partitions, produced beforehand; the `ScoringService` (max_batch {a['max_batch']}, "
         f"mean batch {a['mean_batch']:.0f} messages, {a['batches']} batches) consumed them from offset 0, scored "
-        f"every one ({a['scored']:,} scores, {a['dead_lettered']} dead letters), produced the scores (acks=all) "
+        f"every one ({a['scored']:,} scores in {a.get('score_messages', a['scored']):,} score records, "
+        f"`score_records = \"{a.get('score_records', 'per_reading')}\"`; {a['dead_lettered']} dead letters), "
+        "produced the scores (acks=all) "
         "and committed. Time = first poll with records → the commit that reached the end offsets.",
         f"- (b): a separate process offered the readings ({b['sensors']:,} sensors, {b['partitions']} partitions) "
         "paced against the wall clock, and read the scores topic; latency = score received − reading sent, matched "
@@ -527,6 +540,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=None, help="service max_batch (default: the service's, 500)")
     p.add_argument("--batch-per-message", type=int, default=1, metavar="N",
                    help="(a): N readings of one sensor per message (default 1)")
+    p.add_argument("--columnar", action="store_true",
+                   help="with --batch-per-message: messages as columns ({sensor_id, ts: [...], value: [...]})")
+    p.add_argument("--score-records", choices=["per_reading", "per_message"], default="per_reading",
+                   help="the service's score_records (default per_reading)")
     p.add_argument("--model", default="gru-default", help="model (default gru-default)")
     p.add_argument("--port", type=int, default=29192, help="broker port for scripts/kafka.sh (default 29192)")
     p.add_argument("--controller-port", type=int, default=29193, help="controller port (default 29193)")

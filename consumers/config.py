@@ -100,6 +100,11 @@ class ServiceConfig(BaseSettings):
         10_000, ge=1, le=1_000_000,
         description="A batched message with more readings than this is dead-lettered whole as too_many_readings.",
     )
+    score_records: Literal["per_reading", "per_message"] = Field(
+        "per_reading",
+        description="per_reading: one score record per scored reading. per_message: one record per input message "
+                    "and sensor, its fields arrays over the message's readings (far cheaper for batched input).",
+    )
     linger_ms: int = Field(
         0, ge=0, le=10_000,
         description="Producer linger. The service batches its outputs itself (a record batch per partition), so "

@@ -13,6 +13,12 @@ envelope's, which wins over the key):
     [{"sensor_id": "pump-7", "ts": 1700000000, "value": 3.2}, {"sensor_id": "fan-2", ...}]
     {"sensor_id": "pump-7", "readings": [{"ts": 1700000000, "value": 3.2}, {"ts": 1700000001, "value": 3.3}]}
 
+or one sensor's readings as columns, the cheapest form to decode (`ts` is an array, and `value`
+an array, `values` an array of rows or an object of arrays by channel name):
+
+    {"sensor_id": "pump-7", "ts": [1700000000, 1700000001], "value": [3.2, 3.3]}
+    {"sensor_id": "pump-7", "ts": [1700000000, 1700000001], "values": {"temp": [41.0, 41.2], "flow": [3.2, 3.3]}}
+
 - sensor id: the `sensor_id` field, else the message key (UTF-8);
 - ts: epoch seconds, epoch milliseconds (any number above 1e11) or an ISO-8601
   string (naive = UTC);
@@ -33,7 +39,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from numbers import Real
 
@@ -101,7 +107,9 @@ class Decoded:
     message: the index of the row's message in the decoded list.
     index: the reading's position in its batched message; -1 for a one-reading message, or a message
         dead-lettered as a whole. Its dead letter and outputs say so (`source_index`).
-    items: the reading's parsed JSON for batched rows (a dead letter carries that reading, not the batch).
+    items: the reading's parsed JSON for batched rows (a dead letter carries that reading, not the batch);
+        None for the rows of a columnar batch, whose reading is rebuilt from `columns` when needed.
+    columns: the parsed JSON of each columnar batch decoded in one go, by message index.
     """
 
     sensor_ids: list[str]
@@ -113,6 +121,7 @@ class Decoded:
     message: np.ndarray
     index: np.ndarray
     items: list[object]
+    columns: dict[int, dict] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
@@ -121,6 +130,8 @@ class Decoded:
         """The bytes a dead letter of `row` carries: the message's own, or the batched reading's JSON."""
         if self.index[row] < 0:
             return original
+        if self.items[row] is None and int(self.message[row]) in self.columns:
+            return orjson.dumps(_column_reading(self.columns[int(self.message[row])], int(self.index[row])))
         try:  # the stdlib writes NaN/Infinity back as they came, where orjson would write null
             return json.dumps(self.items[row], separators=(",", ":")).encode()
         except (ValueError, TypeError, RecursionError):  # too deeply nested to write back: keep the whole message
@@ -163,47 +174,48 @@ class Decoder:
 
     def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
         """Decode (key, value) pairs into one row per reading; never raises."""
-        rows: list[tuple[int, int, object]] = []  # (message, index in its batch or -1, parsed JSON of a batched reading)
-        parsed: list[tuple[str, float, object] | tuple[DeadLetterReason, str]] = []
+        # in message order: a row (message, index in its batch or -1, parsed JSON of a batched reading,
+        # (sensor id, ts, raw values) or why it is dead), or a columnar batch decoded in one go
+        pieces: list[tuple[int, int, object, tuple] | _Block] = []
         for m, (key, value) in enumerate(messages):
             if key is not None and len(key) > self.max_key_bytes:
-                rows.append((m, -1, None))
-                parsed.append((DeadLetterReason.TOO_LARGE, f"key of {len(key)} bytes > max_key_bytes {self.max_key_bytes}"))
+                pieces.append((m, -1, None, (
+                    DeadLetterReason.TOO_LARGE, f"key of {len(key)} bytes > max_key_bytes {self.max_key_bytes}")))
                 continue
             try:
                 doc = self._load(value)
                 if isinstance(doc, tuple):
-                    rows.append((m, -1, None))
-                    parsed.append(doc)
+                    pieces.append((m, -1, None, doc))
                     continue
-                batch = self._batch(doc, key)
+                batch = self._batch(doc, key, m, pieces)
                 if batch is None:
-                    rows.append((m, -1, None))
-                    parsed.append(self._reading(doc, None, key))
+                    pieces.append((m, -1, None, self._reading(doc, None, key)))
                     continue
             except Exception as exc:  # noqa: BLE001 - decoding must never take the service down
-                rows.append((m, -1, None))
-                parsed.append((DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200]))
+                pieces.append((m, -1, None, (
+                    DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200])))
+                continue
+            if isinstance(batch, _Block):
+                pieces.append(batch)
                 continue
             if isinstance(batch[0], DeadLetterReason):
-                rows.append((m, -1, None))
-                parsed.append(batch)
+                pieces.append((m, -1, None, batch))
                 continue
             items, envelope_id = batch
             for j, item in enumerate(items):
-                rows.append((m, j, item))
                 try:
-                    parsed.append(self._reading(item, envelope_id, key, where=f"reading {j}: "))
+                    parsed = self._reading(item, envelope_id, key, where=f"reading {j}: ")
                 except Exception as exc:  # noqa: BLE001 - one bad reading must not take down its siblings
-                    parsed.append((DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200]))
-        n = len(rows)
+                    parsed = (DeadLetterReason.MALFORMED_JSON, f"undecodable: {type(exc).__name__}: {exc}"[:200])
+                pieces.append((m, j, item, parsed))
         if self.channels is None:
-            for item in parsed:
-                if not isinstance(item[0], DeadLetterReason):
-                    self._learn_channels(item[2])
+            for piece in pieces:
+                if not isinstance(piece, _Block) and not isinstance(piece[3][0], DeadLetterReason):
+                    self._learn_channels(piece[3][2])
                     if self.channels is not None:
                         break
         channels = self.channels or 1
+        n = sum(p.size if isinstance(p, _Block) else 1 for p in pieces)
         out = Decoded(
             sensor_ids=[""] * n,
             ts=np.full(n, np.nan),
@@ -211,41 +223,56 @@ class Decoder:
             status=np.zeros(n, dtype=np.int8),
             dead=[None] * n,
             details=[None] * n,
-            message=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
-            index=np.fromiter((r[1] for r in rows), dtype=np.int64, count=n),
-            items=[r[2] for r in rows],
+            message=np.empty(n, dtype=np.int64),
+            index=np.empty(n, dtype=np.int64),
+            items=[None] * n,
         )
-        for i, item in enumerate(parsed):
-            if isinstance(item[0], DeadLetterReason):
-                out.dead[i] = (item[0], str(item[1]))
+        i = 0
+        for piece in pieces:
+            if isinstance(piece, _Block):
+                rows = slice(i, i + piece.size)
+                out.sensor_ids[rows] = [piece.sensor_id] * piece.size
+                out.ts[rows], out.values[rows] = piece.ts, piece.values
+                out.message[rows], out.index[rows] = piece.message, np.arange(piece.size)
+                out.columns[piece.message] = piece.doc
+                i += piece.size
                 continue
-            sensor_id, ts, raw = item
-            out.sensor_ids[i] = sensor_id
-            if sensor_id == "":
-                out.status[i] = RejectReason.BAD_SENSOR_ID
-                out.details[i] = "sensor id is not a printable string or integer of 1-256 characters"
-                continue
-            if not math.isfinite(ts):
-                out.status[i] = RejectReason.BAD_TIMESTAMP
-                out.details[i] = "ts is not epoch seconds, epoch milliseconds or an ISO-8601 string"
-                continue
-            if self.max_future_seconds is not None and ts > time.time() + self.max_future_seconds:
-                # the engine's event-time clock is its largest ts: one far-future reading would age out every sensor
-                out.status[i] = RejectReason.BAD_TIMESTAMP
-                out.details[i] = f"ts {ts:.0f} is more than max_future_seconds {self.max_future_seconds:g} ahead of now"
-                continue
-            out.ts[i] = ts
-            if self.channels is None:  # no message of the batch could say how many channels there are
-                out.status[i] = RejectReason.NOT_NUMERIC
-                out.details[i] = "values are not a number, a list of numbers or an object of numbers"
-                continue
-            row, reason, detail = self._row(raw)
-            if reason is not None:
-                out.status[i] = reason
-                out.details[i] = detail
-            else:
-                out.values[i] = row
+            out.message[i], out.index[i], out.items[i] = piece[0], piece[1], piece[2]
+            self._fill(out, i, piece[3])
+            i += 1
         return out
+
+    def _fill(self, out: Decoded, i: int, item: tuple) -> None:
+        """Row i of `out` from one parsed reading: (sensor id, ts, raw values), or why it is dead."""
+        if isinstance(item[0], DeadLetterReason):
+            out.dead[i] = (item[0], str(item[1]))
+            return
+        sensor_id, ts, raw = item
+        out.sensor_ids[i] = sensor_id
+        if sensor_id == "":
+            out.status[i] = RejectReason.BAD_SENSOR_ID
+            out.details[i] = "sensor id is not a printable string or integer of 1-256 characters"
+            return
+        if not math.isfinite(ts):
+            out.status[i] = RejectReason.BAD_TIMESTAMP
+            out.details[i] = "ts is not epoch seconds, epoch milliseconds or an ISO-8601 string"
+            return
+        if self.max_future_seconds is not None and ts > time.time() + self.max_future_seconds:
+            # the engine's event-time clock is its largest ts: one far-future reading would age out every sensor
+            out.status[i] = RejectReason.BAD_TIMESTAMP
+            out.details[i] = f"ts {ts:.0f} is more than max_future_seconds {self.max_future_seconds:g} ahead of now"
+            return
+        out.ts[i] = ts
+        if self.channels is None:  # no message of the batch could say how many channels there are
+            out.status[i] = RejectReason.NOT_NUMERIC
+            out.details[i] = "values are not a number, a list of numbers or an object of numbers"
+            return
+        row, reason, detail = self._row(raw)
+        if reason is not None:
+            out.status[i] = reason
+            out.details[i] = detail
+        else:
+            out.values[i] = row
 
     # --- one message ----------------------------------------------------------------
     def _load(self, value: bytes | None) -> object | tuple[DeadLetterReason, str]:
@@ -262,9 +289,16 @@ class Decoder:
                 return DeadLetterReason.MALFORMED_JSON, str(exc)[:200]
             return doc
 
-    def _batch(self, doc: object, key: bytes | None) -> tuple[list, object] | tuple[DeadLetterReason, str] | None:
-        """(readings, envelope sensor id) of a batched message; None for a one-reading object; or why it is dead."""
+    def _batch(
+        self, doc: object, key: bytes | None, message: int, earlier: list
+    ) -> _Block | tuple[list, object] | tuple[DeadLetterReason, str] | None:
+        """A batched message: a columnar block, or (readings, envelope sensor id); None for one reading; or why dead.
+
+        `earlier`: the pieces decoded before this message, which a block's channels must not contradict.
+        """
         if isinstance(doc, dict):
+            if isinstance(doc.get("ts"), list):
+                return self._columns(doc, key, message, earlier)
             if doc.get("readings") is None:
                 return None
             items, envelope_id = doc["readings"], doc.get("sensor_id")
@@ -274,13 +308,108 @@ class Decoder:
             items, envelope_id = doc, None
         else:
             return DeadLetterReason.NOT_AN_OBJECT, f"JSON {type(doc).__name__}, expected an object or an array"
+        return self._checked_size(items) or (items, envelope_id)
+
+    def _checked_size(self, items: list) -> tuple[DeadLetterReason, str] | None:
         if not items:
             return DeadLetterReason.MISSING_FIELD, "a batch without readings"
         if len(items) > self.max_readings:
             return DeadLetterReason.TOO_MANY_READINGS, (
                 f"{len(items)} readings > max_readings_per_message {self.max_readings}"
             )
-        return items, envelope_id
+        return None
+
+    def _columns(
+        self, doc: dict, key: bytes | None, message: int, earlier: list
+    ) -> _Block | tuple[list, object] | tuple[DeadLetterReason, str]:
+        """A columnar batch: decoded in one go when every value is a plain finite number, else as reading objects."""
+        ts = doc["ts"]
+        dead = self._checked_size(ts)
+        if dead is not None:
+            return dead
+        field_name = "values" if doc.get("values") is not None else "value"
+        raw = doc.get(field_name)
+        if raw is None:
+            return DeadLetterReason.MISSING_FIELD, "a columnar batch (ts is an array) without value or values"
+        columns = list(raw.values()) if isinstance(raw, dict) and field_name == "values" else [raw]
+        for column in columns:
+            if not isinstance(column, list):
+                return DeadLetterReason.NOT_AN_OBJECT, (
+                    f"{field_name} holds a JSON {type(column).__name__}; with ts an array, expected arrays"
+                )
+            if len(column) != len(ts):
+                return DeadLetterReason.MISSING_FIELD, (
+                    f"ts has {len(ts)} entries and {field_name} {len(column)}: one value per ts expected"
+                )
+        block = self._block(doc, key, message, field_name, raw, earlier)
+        if block is not None:
+            return block
+        return [_column_reading(doc, j) for j in range(len(ts))], doc.get("sensor_id")
+
+    def _block(
+        self, doc: dict, key: bytes | None, message: int, field_name: str, raw: object, earlier: list
+    ) -> _Block | None:
+        """The columnar batch as arrays, or None when any part needs the reading-by-reading path."""
+        raw_id = doc.get("sensor_id")
+        if raw_id is None and key is not None:
+            try:
+                raw_id = key.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        sensor_id = coerce_sensor_id(raw_id)
+        if sensor_id is None or (self.sensor_id_pattern is not None and not self.sensor_id_pattern.fullmatch(sensor_id)):
+            return None
+        names: list[str] | None = None
+        if isinstance(raw, dict):
+            names = sorted(raw)
+            if not (1 <= len(names) <= self.max_channels and all(map(_channel_name, names))):
+                return None
+            if self.channel_names is not None and names != sorted(self.channel_names):
+                return None
+            columns = [raw[name] for name in (self.channel_names or names)]
+        elif field_name == "value":
+            columns = [raw]
+        else:
+            columns = None  # rows
+        if self.channels is None:
+            if any(not isinstance(p, _Block) and not isinstance(p[3][0], DeadLetterReason) for p in earlier):
+                return None  # an earlier reading of this poll decides the channels
+            width = len(columns) if columns is not None else (len(raw[0]) if isinstance(raw[0], list) else 0)
+            if not 1 <= width <= self.max_channels:
+                return None
+        elif columns is not None and len(columns) != self.channels:
+            return None
+        ts = _plain_array(doc["ts"])
+        if ts is None:
+            return None
+        if columns is not None:
+            values = np.empty((len(ts), len(columns)))
+            for c, column in enumerate(columns):
+                col = _plain_array(column)
+                if col is None:
+                    return None
+                values[:, c] = col
+        else:
+            if not all(type(row) is list for row in raw):
+                return None
+            values = _plain_array([v for row in raw for v in row])
+            if values is None or values.size % len(ts) or any(len(row) != values.size // len(ts) for row in raw):
+                return None
+            values = values.reshape(len(ts), -1)
+        ts = np.where(np.abs(ts) > MS_THRESHOLD, ts / 1000.0, ts)
+        if not (np.isfinite(ts).all() and np.isfinite(values).all() and (np.abs(values) <= MAX_ABS_VALUE).all()):
+            return None
+        if self.max_future_seconds is not None and ts.max() > time.time() + self.max_future_seconds:
+            return None
+        if self.channels is None:
+            self.channels = values.shape[1]
+            if names is not None:
+                self.channel_names = names
+        elif values.shape[1] != self.channels:
+            return None
+        if names is not None and self.channel_names is None:
+            self.channel_names = names
+        return _Block(message, sensor_id, ts, values, doc)
 
     def _reading(
         self, doc: object, envelope_id: object, key: bytes | None, where: str = ""
@@ -351,6 +480,43 @@ class Decoder:
 
 
 _PLAIN_NUMBERS = (float, int)  # exact types: bool is an int subclass, and not a number here
+_PLAIN_TYPES = frozenset(_PLAIN_NUMBERS)
+
+
+@dataclass
+class _Block:
+    """One columnar batch decoded in one go: `ts` (n,) and `values` (n, channels) of one sensor."""
+
+    message: int
+    sensor_id: str
+    ts: np.ndarray
+    values: np.ndarray
+    doc: dict
+
+    @property
+    def size(self) -> int:
+        return len(self.ts)
+
+
+def _plain_array(items: list) -> np.ndarray | None:
+    """A JSON array of plain numbers (no bools, no nulls, within float range) as float64, else None."""
+    if not _PLAIN_TYPES.issuperset(map(type, items)):
+        return None
+    try:
+        return np.array(items, dtype=np.float64)
+    except OverflowError:
+        return None
+
+
+def _column_reading(doc: dict, j: int) -> dict:
+    """Reading j of a columnar batch as a reading object, as an envelope would hold it (its dead letter)."""
+    reading: dict[str, object] = {"ts": doc["ts"][j]}
+    if doc.get("values") is not None:
+        raw = doc["values"]
+        reading["values"] = {name: column[j] for name, column in raw.items()} if isinstance(raw, dict) else raw[j]
+    else:
+        reading["value"] = doc["value"][j]
+    return reading
 
 
 def _timestamp(ts: object) -> float:

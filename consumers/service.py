@@ -97,6 +97,7 @@ class ServiceStats:
     consumed: int = 0  # readings: one per message, or each reading of a batched message
     messages: int = 0
     scored: int = 0
+    score_messages: int = 0  # score records produced: one per reading, or per message and sensor
     dead_lettered: dict[str, int] = field(default_factory=dict)
     alerts: int = 0
     batches: int = 0
@@ -526,62 +527,90 @@ class ScoringService:
         )
 
     def _outputs(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
-        cfg = self.config
-        model_id = self.model.model_id
-        names = self.decoder.channel_names
-        outputs: list[Output] = []
-        # engine row j -> decoded row i (a reading; message decoded.message[i])
+        """The batch's dead letters, score records and alert events, in input order per kind."""
         engine_rows = decoded.engine_rows
-        rows = engine_rows.tolist()
         status = np.full(len(decoded), -1, dtype=np.int16)
-        engine_row_of = dict(zip(rows, range(len(rows))))
         status[engine_rows] = result.status if result is not None else decoded.status[engine_rows]
-        scored_at: dict[tuple[str, float], int] = {}
-        row_message = decoded.message.tolist()
-        row_index = decoded.index.tolist()
-        row_status = status.tolist()
-        if result is not None:  # python lists once per batch: indexing numpy arrays per reading is slow
-            score, anomalous, alerting = result.score.tolist(), result.anomalous.tolist(), result.alerting.tolist()
-            released, target, expected_rows, seen_rows = (result.released.tolist(), result.target_ts.tolist(),
-                                                          result.expected.tolist(), result.seen.tolist())
+        outputs = self._dead_letters(messages, decoded, status)
+        if result is None:
+            self._prune_owners()
+            return outputs
+        if self.config.score_records == "per_message":
+            scored_at = self._score_batches(messages, decoded, result, engine_rows, outputs)
+        else:
+            scored_at = self._score_readings(messages, decoded, result, engine_rows, outputs)
+        model_id, names = self.model.model_id, self.decoder.channel_names
+        for event in result.events:
+            if names and event.channel_name is None and event.channel < len(names):
+                event = dataclasses.replace(event, channel_name=names[event.channel])
+            doc = event.as_dict()
+            doc["model"] = model_id
+            i = scored_at.get((event.sensor_id, event.ts))
+            headers = _source_headers(messages[decoded.message[i]], int(decoded.index[i])) if i is not None else []
+            outputs.append(Output(self.config.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
+            self.stats.alerts += 1
+            log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score,
+                     extra={"alert_kind": event.kind.value, "alert_id": event.alert_id,
+                            "sensor_id": event.sensor_id, "score": float(event.score)})
+        self._prune_owners()
+        return outputs
+
+    def _dead_letters(self, messages: list, decoded: Decoded, status: np.ndarray) -> list[Output]:
+        """One dead letter per reading rejected while decoding or by the engine, with its reason."""
+        outputs: list[Output] = []
+        for i in np.flatnonzero(status != SCORED).tolist():
+            dead = decoded.dead[i]
+            if dead is None:
+                reject = RejectReason(int(status[i]))
+                dead = (DeadLetterReason.of(reject), decoded.details[i] or ENGINE_DETAILS.get(reject, reject.label))
+            reason, detail = dead
+            self.stats.dead_lettered[reason.value] = self.stats.dead_lettered.get(reason.value, 0) + 1
+            msg = messages[decoded.message[i]]
+            outputs.append(Output(
+                self.config.dead_letter_topic, msg.key, decoded.dead_letter_value(i, msg.value),
+                [("reason", reason.value.encode()), ("detail", detail.encode("utf-8", "replace")[:1000]),
+                 *_source_headers(msg, int(decoded.index[i]))],
+            ))
+        return outputs
+
+    def _scored(self, sensor: str, msg, count: int, partitions: dict) -> None:
+        """Bookkeeping for `count` scored readings of `sensor` from `msg`: its partition, for checkpoints."""
+        tp = partitions.get((msg.topic, msg.partition))
+        if tp is None:
+            tp = partitions[(msg.topic, msg.partition)] = TopicPartition(msg.topic, msg.partition)
+        if self._owner.get(sensor) != tp:
+            self._owner[sensor] = tp
+        if self.config.checkpoints_enabled:  # read and cleared by the next checkpoint; without one it would only grow
+            self._touched[sensor] = tp
+        self.stats.scored += count
+
+    def _score_readings(self, messages: list, decoded: Decoded, result: StepResult, engine_rows: np.ndarray,
+                        outputs: list[Output]) -> dict[tuple[str, float], int]:
+        """One score record per scored reading (`score_records = "per_reading"`); returns (sensor, ts) → row."""
+        cfg = self.config
+        model_id, names = self.model.model_id, self.decoder.channel_names
+        # python lists once per batch: indexing numpy arrays per reading is slow
+        score, anomalous, alerting = result.score.tolist(), result.anomalous.tolist(), result.alerting.tolist()
+        released, target, expected_rows, seen_rows = (result.released.tolist(), result.target_ts.tolist(),
+                                                      result.expected.tolist(), result.seen.tolist())
+        row_message, row_index = decoded.message.tolist(), decoded.index.tolist()
         partitions: dict[tuple[str, int], TopicPartition] = {}
         message_headers: dict[int, list[tuple[str, bytes]]] = {}
-        for i in range(len(decoded)):
+        scored_at: dict[tuple[str, float], int] = {}
+        for j in np.flatnonzero(result.status == SCORED).tolist():
+            i = int(engine_rows[j])
             m = row_message[i]
             msg = messages[m]
+            sensor = result.sensor_ids[j]
+            self._scored(sensor, msg, 1, partitions)
+            if not released[j]:  # a look-ahead model scores this reading `delay` readings later
+                continue
             headers = message_headers.get(m)
             if headers is None:
                 headers = message_headers[m] = _source_headers(msg)
             if row_index[i] >= 0:  # a reading of a batched message
                 headers = [*headers, ("source_index", str(row_index[i]).encode())]
-            dead = decoded.dead[i]
-            if dead is None and row_status[i] != SCORED:
-                reject = RejectReason(int(status[i]))
-                dead = (DeadLetterReason.of(reject), decoded.details[i] or ENGINE_DETAILS.get(reject, reject.label))
-            if dead is not None:
-                reason, detail = dead
-                self.stats.dead_lettered[reason.value] = self.stats.dead_lettered.get(reason.value, 0) + 1
-                outputs.append(Output(
-                    cfg.dead_letter_topic, msg.key, decoded.dead_letter_value(i, msg.value),
-                    [("reason", reason.value.encode()), ("detail", detail.encode("utf-8", "replace")[:1000]), *headers],
-                ))
-                continue
-            assert result is not None
-            j = engine_row_of[i]
-            sensor = result.sensor_ids[j]
-            tp = partitions.get((msg.topic, msg.partition))
-            if tp is None:
-                tp = partitions[(msg.topic, msg.partition)] = TopicPartition(msg.topic, msg.partition)
-            if self._owner.get(sensor) != tp:
-                self._owner[sensor] = tp
-            if cfg.checkpoints_enabled:  # read and cleared by the next checkpoint; without one it would only grow
-                self._touched[sensor] = tp
-            self.stats.scored += 1
-            if not released[j]:  # a look-ahead model scores this reading `delay` readings later
-                continue
-            target_ts = target[j]
-            expected = expected_rows[j]
-            seen = seen_rows[j]
+            target_ts, expected, seen = target[j], expected_rows[j], seen_rows[j]
             doc = {
                 "sensor_id": sensor,
                 "ts": target_ts,
@@ -594,24 +623,58 @@ class ScoringService:
             }
             if result.delay:
                 doc["delay"] = result.delay
-            key = sensor.encode()
-            outputs.append(Output(cfg.scores_topic, key, orjson.dumps(doc, option=JSON_OPTIONS), headers))
+            outputs.append(Output(cfg.scores_topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
+            self.stats.score_messages += 1
             scored_at[(sensor, target_ts)] = i
-        if result is not None:
-            for event in result.events:
-                if names and event.channel_name is None and event.channel < len(names):
-                    event = dataclasses.replace(event, channel_name=names[event.channel])
-                doc = event.as_dict()
-                doc["model"] = model_id
-                i = scored_at.get((event.sensor_id, event.ts))
-                headers = _source_headers(messages[row_message[i]], row_index[i]) if i is not None else []
-                outputs.append(Output(cfg.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
-                self.stats.alerts += 1
-                log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score,
-                         extra={"alert_kind": event.kind.value, "alert_id": event.alert_id,
-                                "sensor_id": event.sensor_id, "score": float(event.score)})
-        self._prune_owners()
-        return outputs
+        return scored_at
+
+    def _score_batches(self, messages: list, decoded: Decoded, result: StepResult, engine_rows: np.ndarray,
+                       outputs: list[Output]) -> dict[tuple[str, float], int]:
+        """One score record per input message and sensor, its fields arrays over the readings
+        (`score_records = "per_message"`); returns (sensor, ts) → row for the alerts' headers."""
+        cfg = self.config
+        model_id, names = self.model.model_id, self.decoder.channel_names
+        scored = np.flatnonzero(result.status == SCORED)
+        message_of = decoded.message[engine_rows[scored]]
+        bounds = np.flatnonzero(np.diff(message_of)) + 1
+        partitions: dict[tuple[str, int], TopicPartition] = {}
+        released = result.released
+        for js in np.split(scored, bounds) if scored.size else []:
+            m = int(decoded.message[engine_rows[js[0]]])
+            msg = messages[m]
+            if m in decoded.columns:  # one sensor
+                groups: dict[str, list[int] | np.ndarray] = {result.sensor_ids[js[0]]: js}
+            else:
+                groups = {}
+                for j in js.tolist():
+                    groups.setdefault(result.sensor_ids[j], []).append(j)
+            for sensor, rows in groups.items():
+                rows = np.asarray(rows)
+                self._scored(sensor, msg, len(rows), partitions)
+                rows = rows[released[rows]]
+                if rows.size == 0:
+                    continue
+                expected, seen = result.expected[rows], result.seen[rows]
+                doc = {
+                    "sensor_id": sensor,
+                    "ts": result.target_ts[rows],
+                    "score": result.score[rows],
+                    "anomalous": result.anomalous[rows],
+                    "alerting": result.alerting[rows],
+                    "expected": dict(zip(names, expected.T)) if names else expected,
+                    "values": dict(zip(names, seen.T)) if names else seen,
+                    "model": model_id,
+                }
+                if result.delay:
+                    doc["delay"] = result.delay
+                outputs.append(Output(cfg.scores_topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS),
+                                      _source_headers(msg)))
+                self.stats.score_messages += 1
+        if not result.events:
+            return {}
+        rows = np.flatnonzero((result.status == SCORED) & released)
+        return dict(zip(zip((result.sensor_ids[j] for j in rows.tolist()), result.target_ts[rows].tolist()),
+                        engine_rows[rows].tolist()))
 
     async def _deliver(self, outputs: list[Output]) -> None:
         """Produce every output and wait for its acknowledgement, resending failures with backoff."""

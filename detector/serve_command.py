@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument("--group", metavar="ID", help="consumer group id (default hiddenstate)")
     kafka.add_argument("--client-id", metavar="ID", help="Kafka client id (default hiddenstate)")
     kafka.add_argument("--max-batch", type=int, metavar="N", help="most messages per micro-batch (default 500)")
+    kafka.add_argument("--score-records", choices=["per_reading", "per_message"],
+                       help="one score record per reading (default), or per input message and sensor")
     kafka.add_argument("--poll-timeout-ms", type=int, metavar="MS", help="how long one poll waits (default 200)")
     kafka.add_argument("--grace", type=float, metavar="SECONDS",
                        help="time to drain, commit and leave the group on SIGTERM/SIGINT (default 30)")
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         group_id=args.group,
         client_id=args.client_id,
         max_batch=args.max_batch,
+        score_records=args.score_records,
         poll_timeout_ms=args.poll_timeout_ms,
         grace_seconds=args.grace,
         start_timeout_seconds=args.start_timeout,

@@ -12,12 +12,13 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from consumers.decode import Decoder
 from detector import cli, produce_command
-from detector.produce_command import TokenBucket, produce_files
+from detector.produce_command import TokenBucket, encode_readings, load_files, produce_files
 from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     create_topics,
     end_offsets,
@@ -112,6 +113,22 @@ def test_batch_per_message_groups_each_sensors_readings(kafka_bootstrap, tmp_pat
     for sensor in sizes:  # each sensor's readings in time order
         stamps = [decoded.ts[i] for i in range(len(decoded)) if decoded.sensor_ids[i] == sensor]
         assert stamps == sorted(stamps)
+
+
+def test_columnar_messages_decode_like_the_envelopes(tmp_path):
+    """--columnar: the same readings as columns, which the service decodes in one go to the same rows."""
+    write_csv(tmp_path / "fleet.csv", sensors=3, steps=10)
+    (readings,) = load_files([tmp_path / "fleet.csv"], None, None, None)
+    envelopes = [(k, v) for k, v, _ in encode_readings(readings, per_message=4)]
+    columns = [(k, v) for k, v, _ in encode_readings(readings, per_message=4, columnar=True)]
+    assert [k for k, _ in columns] == [k for k, _ in envelopes] and len(columns) == 9
+    first = orjson.loads(columns[0][1])
+    assert set(first) == {"sensor_id", "ts", "values"} and set(first["values"]) == {"flow", "temp"}
+    a, b = Decoder().decode(envelopes), Decoder().decode(columns)
+    assert len(b.columns) == 9 and not b.status.any()  # every message decoded in one go
+    assert a.sensor_ids == b.sensor_ids and a.index.tolist() == b.index.tolist()
+    np.testing.assert_array_equal(a.ts, b.ts)
+    np.testing.assert_array_equal(a.values, b.values)
 
 
 def test_jsonl_one_channel_sends_value(kafka_bootstrap, tmp_path):

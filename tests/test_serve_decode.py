@@ -243,3 +243,114 @@ def test_far_future_timestamps_are_rejected_when_limited():
     out, _, _ = one(d, orjson.dumps({"ts": 99e12, "value": 1}))
     assert "max_future_seconds 3600" in out.details[0]
     assert reason(Decoder(channels=1), orjson.dumps({"ts": 99e12, "value": 1})) is None  # no limit by default
+
+
+# --- columnar batches ---------------------------------------------------------------
+
+
+def _as_envelope(doc: dict) -> dict:
+    """The columnar batch `doc` as the equivalent envelope of reading objects."""
+    readings = []
+    for j, ts in enumerate(doc["ts"]):
+        reading = {"ts": ts}
+        if "values" in doc:
+            raw = doc["values"]
+            reading["values"] = {k: v[j] for k, v in raw.items()} if isinstance(raw, dict) else raw[j]
+        else:
+            reading["value"] = doc["value"][j]
+        readings.append(reading)
+    envelope = {"readings": readings}
+    if "sensor_id" in doc:
+        envelope["sensor_id"] = doc["sensor_id"]
+    return envelope
+
+
+def _same_rows(a, b) -> None:
+    assert len(a) == len(b)
+    assert a.sensor_ids == b.sensor_ids
+    np.testing.assert_array_equal(a.ts, b.ts)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.status.tolist() == b.status.tolist()
+    assert a.dead == b.dead and a.details == b.details
+    assert a.message.tolist() == b.message.tolist() and a.index.tolist() == b.index.tolist()
+
+
+def test_columnar_batch_one_sensor():
+    d = Decoder()
+    value = orjson.dumps({"sensor_id": "pump-7", "ts": [1, 2, 1_700_000_000_500], "value": [1.5, 2, -3.0]})
+    out = d.decode([(b"k", b'{"sensor_id": "z", "ts": 9, "value": 9}'), (b"key", value)])
+    assert d.channels == 1 and len(out) == 4
+    assert out.sensor_ids == ["z", "pump-7", "pump-7", "pump-7"]
+    assert out.ts.tolist() == [9, 1, 2, 1_700_000_000.5]  # milliseconds, as for one reading
+    assert out.values[:, 0].tolist() == [9, 1.5, 2, -3.0]
+    assert out.index.tolist() == [-1, 0, 1, 2] and out.message.tolist() == [0, 1, 1, 1]
+    assert out.engine_rows.tolist() == [0, 1, 2, 3] and not any(out.dead)
+    # a reading the engine rejects later is dead-lettered as the reading object an envelope would hold
+    assert orjson.loads(out.dead_letter_value(2, value)) == {"ts": 2, "value": 2}
+
+
+def test_columnar_named_channels_and_rows():
+    d = Decoder()
+    out = d.decode([(b"p", orjson.dumps({"ts": [1, 2], "values": {"t": [1.0, 3.0], "f": [2.0, 4.0]}}))])
+    assert d.channel_names == ["f", "t"] and out.sensor_ids == ["p", "p"]  # the key, as for readings
+    assert out.values.tolist() == [[2.0, 1.0], [4.0, 3.0]]
+    out = d.decode([(b"p", orjson.dumps({"sensor_id": "q", "ts": [3, 4], "values": [[5, 6], [7, 8]]}))])
+    assert out.values.tolist() == [[5, 6], [7, 8]] and out.status.tolist() == [0, 0]
+
+
+def test_columnar_batch_dead_as_a_whole():
+    d = Decoder(channels=1, max_readings=3)
+    cases = {
+        b'{"sensor_id": "a", "ts": [], "value": []}': "missing_field",
+        b'{"sensor_id": "a", "ts": [1, 2, 3, 4], "value": [1, 2, 3, 4]}': "too_many_readings",
+        b'{"sensor_id": "a", "ts": [1, 2], "value": [1]}': "missing_field",
+        b'{"sensor_id": "a", "ts": [1, 2]}': "missing_field",
+        b'{"sensor_id": "a", "ts": [1, 2], "value": 3}': "not_an_object",
+        b'{"sensor_id": "a", "ts": [1, 2], "values": {"x": [1, 2], "y": 3}}': "not_an_object",
+    }
+    for value, why in cases.items():
+        out = d.decode([(b"k", value)])
+        assert len(out) == 1 and out.index[0] == -1 and out.dead[0][0].value == why, value
+        assert out.dead_letter_value(0, value) == value
+
+
+_cells = st.one_of(
+    st.floats(-1e6, 1e6), st.integers(-10, 10), st.sampled_from([None, True, "x", 1e20, float("nan"), float("inf")]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    channels=st.integers(1, 3),
+    form=st.sampled_from(["value", "rows", "named"]),
+    data=st.data(),
+)
+def test_columnar_equals_its_envelope(n, channels, form, data):
+    """A columnar batch decodes to exactly the rows, statuses, details and dead letters of its envelope."""
+    clean = data.draw(st.booleans())
+    cell = st.floats(-1e6, 1e6) if clean else _cells
+    ts = data.draw(st.lists(st.integers(1, 10**12) | (st.just(True) if not clean else st.integers(1, 5)),
+                            min_size=n, max_size=n))
+    doc: dict = {"ts": ts}
+    if data.draw(st.booleans()):
+        doc["sensor_id"] = data.draw(st.sampled_from(["s1", "", 7, "ok"]) if not clean else st.just("s1"))
+    if form == "value":
+        doc["value"] = data.draw(st.lists(cell, min_size=n, max_size=n))
+    elif form == "rows":
+        width = data.draw(st.integers(channels, channels + (0 if clean else 1)))
+        doc["values"] = data.draw(st.lists(st.lists(cell, min_size=width, max_size=width), min_size=n, max_size=n))
+    else:
+        doc["values"] = {f"c{c}": data.draw(st.lists(cell, min_size=n, max_size=n)) for c in range(channels)}
+    known = data.draw(st.booleans())
+    width = 1 if form == "value" else channels
+    columnar = Decoder(channels=width if known else None).decode([(b"key", json.dumps(doc).encode())])
+    envelope = Decoder(channels=width if known else None).decode([(b"key", json.dumps(_as_envelope(doc)).encode())])
+    _same_rows(columnar, envelope)
+    if clean:  # plain finite numbers of the right width: decoded in one go, not reading by reading
+        assert list(columnar.columns) == [0]
+    for i in range(len(columnar)):
+        if columnar.dead[i] is not None or columnar.status[i] != 0:
+            got = columnar.dead_letter_value(i, b"")
+            want = envelope.dead_letter_value(i, b"")
+            assert json.loads(got) == json.loads(want) or (got == want)

@@ -276,6 +276,58 @@ def test_batched_messages_end_to_end(kafka_bootstrap, model):
     assert dead == bad
 
 
+def test_columnar_messages_with_one_score_record_per_message(kafka_bootstrap, model):
+    """Columnar batches in, `score_records = "per_message"` out: one record per message, its fields arrays
+    over the message's readings, equal to the engine's scores; a bad cell is dead-lettered alone."""
+    chunks: dict[str, list[dict]] = {}
+    for _, value in fleet(sensors=8, steps=60, seed=5):
+        doc = orjson.loads(value)
+        chunks.setdefault(doc["sensor_id"], []).append(doc)
+    messages: list[tuple[bytes, bytes]] = []
+    for step in range(0, 60, 12):
+        for sid, docs in chunks.items():
+            block = docs[step:step + 12]
+            values: list[object] = [d["value"] for d in block]
+            if sid == "s03" and step == 24:
+                values[4] = "abc"  # the batch takes the reading-by-reading path; its siblings are scored
+            doc = {"sensor_id": sid, "ts": [d["ts"] for d in block], "value": values}
+            messages.append((sid.encode(), orjson.dumps(doc)))
+    ref_scores, _ = reference(model, messages)
+
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap)
+        placed = await produce(kafka_bootstrap, topics["in"], messages)
+        ends = await end_offsets(kafka_bootstrap, topics["in"])
+        group = unique_name("g")
+        cfg = service_config(kafka_bootstrap, topics, group, max_batch=9, score_records="per_message")
+        async with ScoringService(cfg, model) as service:
+            task = asyncio.create_task(service.run())
+            await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
+            service.request_stop()
+            await asyncio.wait_for(task, 20)
+        outputs = {k: await read_all(kafka_bootstrap, topics[k]) for k in ("scores", "dlq")}
+        return placed, outputs, service.stats
+
+    placed, outputs, stats = asyncio.run(scenario())
+    assert stats.scored == 8 * 60 - 1 and len(outputs["dlq"]) == 1
+    assert header(outputs["dlq"][0], "reason") == "not_numeric" and header(outputs["dlq"][0], "source_index") == "4"
+    where = {placed[m]: m for m in range(len(messages))}
+    got, seen_messages = {}, set()
+    for r in outputs["scores"]:
+        doc = orjson.loads(r.value)
+        m = where[(int(header(r, "source_partition")), int(header(r, "source_offset")))]
+        assert m not in seen_messages and header(r, "source_index") is None
+        seen_messages.add(m)
+        assert r.key == messages[m][0] == doc["sensor_id"].encode()
+        n = len(doc["ts"])
+        assert n == len(doc["score"]) == len(doc["anomalous"]) == len(doc["alerting"]) == len(doc["values"])
+        assert doc["ts"] == [t for t in orjson.loads(messages[m][1])["ts"] if (doc["sensor_id"], t) in ref_scores]
+        got.update({(doc["sensor_id"], t): score for t, score in zip(doc["ts"], doc["score"])})
+    assert seen_messages == set(range(len(messages)))
+    assert got.keys() == ref_scores.keys()
+    assert max(abs(got[k] - ref_scores[k]) for k in got) < 1e-4
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
