@@ -294,6 +294,7 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
     service = ScoringService(cfg, model)
     marks = instrument(service)
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
     await service.start()
     task = asyncio.create_task(service.run())
     try:
@@ -302,6 +303,7 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
         service.request_stop()
         await asyncio.wait_for(task, 60)
         await service.close()
+    cpu_seconds = time.process_time() - cpu_start
     first, last = marks["first_batch"], marks["last_commit"]
     assert first is not None and last is not None
     stats = service.stats
@@ -322,6 +324,7 @@ async def throughput(bootstrap: str, args: argparse.Namespace, model) -> dict:
         "seconds_with_join": last - t_start,
         "readings_per_s_with_join": n / (last - t_start),
         "join_seconds": first - t_start,
+        "service_cpu_share": cpu_seconds / (time.perf_counter() - t_start),
         "scored": stats.scored,
         "dead_lettered": sum(stats.dead_lettered.values()),
         "batches": stats.batches,
@@ -497,6 +500,7 @@ def markdown(res: dict) -> str:
         f"({a['readings']:,} readings in {a['seconds']:.1f} s) |",
         f"| (a) including connect + group join ({a['join_seconds']:.1f} s) | {a['readings_per_s_with_join']:,.0f} "
         "readings/s |",
+        f"| (a) service process CPU (all its threads) ÷ wall time | {a.get('service_cpu_share', float('nan')):.0%} |",
         f"| (a) pre-produce rate (one aiokafka producer, for reference) | {a['producer_readings_per_s']:,.0f} "
         "readings/s |",
         f"| (b) offered rate | {b['rate']:,.0f} readings/s for {b['duration']:g} s (achieved "
@@ -537,7 +541,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=4, help="input (and scores) partitions (default 4)")
     p.add_argument("--rate", type=float, default=None, help="offered readings/s for (b) (default 2000; quick 1000)")
     p.add_argument("--duration", type=float, default=None, help="seconds of offered load for (b) (default 20; quick 5)")
-    p.add_argument("--max-batch", type=int, default=None, help="service max_batch (default: the service's, 500)")
+    p.add_argument("--max-batch", type=int, default=None, help="service max_batch (default: the service's, 5000)")
     p.add_argument("--batch-per-message", type=int, default=1, metavar="N",
                    help="(a): N readings of one sensor per message (default 1)")
     p.add_argument("--columnar", action="store_true",

@@ -73,7 +73,11 @@ class ServiceConfig(BaseSettings):
     )
 
     # --- batching, limits, timing ----------------------------------------------------
-    max_batch: int = Field(500, ge=1, le=100_000, description="Most messages per micro-batch (getmany max_records).")
+    max_batch: int = Field(
+        5000, ge=1, le=100_000,
+        description="Most messages per micro-batch (getmany max_records). A poll returns what is there, so at low "
+                    "rates batches stay small; under a backlog bigger batches cost fewer broker round trips.",
+    )
     poll_timeout_ms: int = Field(200, ge=0, le=60_000, description="How long one poll waits for messages.")
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this are dead-lettered as too_large, not parsed."

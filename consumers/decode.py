@@ -521,6 +521,8 @@ def _column_reading(doc: dict, j: int) -> dict:
 
 def _timestamp(ts: object) -> float:
     """Epoch seconds from seconds, milliseconds or ISO-8601; NaN if unusable."""
+    if type(ts) is float and ts == ts and abs(ts) <= MS_THRESHOLD:
+        return ts  # the common case, without the (slow) abstract-class check below
     if isinstance(ts, Real) and not isinstance(ts, bool):
         try:
             value = float(ts)

@@ -81,7 +81,7 @@ class StopRequested(Exception):
     """Raised inside the service when a stop was requested while it waited on the broker."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Output:
     topic: str
     key: bytes | None
@@ -573,16 +573,19 @@ class ScoringService:
             ))
         return outputs
 
-    def _scored(self, sensor: str, msg, count: int, partitions: dict) -> None:
-        """Bookkeeping for `count` scored readings of `sensor` from `msg`: its partition, for checkpoints."""
-        tp = partitions.get((msg.topic, msg.partition))
-        if tp is None:
-            tp = partitions[(msg.topic, msg.partition)] = TopicPartition(msg.topic, msg.partition)
-        if self._owner.get(sensor) != tp:
-            self._owner[sensor] = tp
+    def _scored_many(self, sensors: list[str], msgs: list) -> None:
+        """Bookkeeping for scored readings (sensor i read from msgs[i]): each sensor's partition, for checkpoints."""
+        partitions: dict[tuple[str, int], TopicPartition] = {}
+        tps = []
+        for msg in msgs:
+            tp = partitions.get((msg.topic, msg.partition))
+            if tp is None:
+                tp = partitions[(msg.topic, msg.partition)] = TopicPartition(msg.topic, msg.partition)
+            tps.append(tp)
+        self._owner.update(zip(sensors, tps))  # the last reading of a sensor wins, as in input order
         if self.config.checkpoints_enabled:  # read and cleared by the next checkpoint; without one it would only grow
-            self._touched[sensor] = tp
-        self.stats.scored += count
+            self._touched.update(zip(sensors, tps))
+        self.stats.scored += len(sensors)
 
     def _score_readings(self, messages: list, decoded: Decoded, result: StepResult, engine_rows: np.ndarray,
                         outputs: list[Output]) -> dict[tuple[str, float], int]:
@@ -594,23 +597,24 @@ class ScoringService:
         released, target, expected_rows, seen_rows = (result.released.tolist(), result.target_ts.tolist(),
                                                       result.expected.tolist(), result.seen.tolist())
         row_message, row_index = decoded.message.tolist(), decoded.index.tolist()
-        partitions: dict[tuple[str, int], TopicPartition] = {}
+        rows_of = engine_rows.tolist()
+        sensor_ids = result.sensor_ids
+        topic = cfg.scores_topic
+        scored = np.flatnonzero(result.status == SCORED).tolist()
+        self._scored_many([sensor_ids[j] for j in scored], [messages[row_message[rows_of[j]]] for j in scored])
         message_headers: dict[int, list[tuple[str, bytes]]] = {}
         scored_at: dict[tuple[str, float], int] = {}
-        for j in np.flatnonzero(result.status == SCORED).tolist():
-            i = int(engine_rows[j])
-            m = row_message[i]
-            msg = messages[m]
-            sensor = result.sensor_ids[j]
-            self._scored(sensor, msg, 1, partitions)
+        for j in scored:
             if not released[j]:  # a look-ahead model scores this reading `delay` readings later
                 continue
+            i = rows_of[j]
+            m = row_message[i]
             headers = message_headers.get(m)
             if headers is None:
-                headers = message_headers[m] = _source_headers(msg)
+                headers = message_headers[m] = _source_headers(messages[m])
             if row_index[i] >= 0:  # a reading of a batched message
                 headers = [*headers, ("source_index", str(row_index[i]).encode())]
-            target_ts, expected, seen = target[j], expected_rows[j], seen_rows[j]
+            sensor, target_ts, expected, seen = sensor_ids[j], target[j], expected_rows[j], seen_rows[j]
             doc = {
                 "sensor_id": sensor,
                 "ts": target_ts,
@@ -623,9 +627,9 @@ class ScoringService:
             }
             if result.delay:
                 doc["delay"] = result.delay
-            outputs.append(Output(cfg.scores_topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
-            self.stats.score_messages += 1
+            outputs.append(Output(topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
             scored_at[(sensor, target_ts)] = i
+        self.stats.score_messages += len(scored_at)
         return scored_at
 
     def _score_batches(self, messages: list, decoded: Decoded, result: StepResult, engine_rows: np.ndarray,
@@ -637,7 +641,6 @@ class ScoringService:
         scored = np.flatnonzero(result.status == SCORED)
         message_of = decoded.message[engine_rows[scored]]
         bounds = np.flatnonzero(np.diff(message_of)) + 1
-        partitions: dict[tuple[str, int], TopicPartition] = {}
         released = result.released
         for js in np.split(scored, bounds) if scored.size else []:
             m = int(decoded.message[engine_rows[js[0]]])
@@ -650,7 +653,8 @@ class ScoringService:
                     groups.setdefault(result.sensor_ids[j], []).append(j)
             for sensor, rows in groups.items():
                 rows = np.asarray(rows)
-                self._scored(sensor, msg, len(rows), partitions)
+                self._scored_many([sensor], [msg])
+                self.stats.scored += len(rows) - 1
                 rows = rows[released[rows]]
                 if rows.size == 0:
                     continue

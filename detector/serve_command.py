@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="topic for messages that cannot be scored (default sensor-readings-dlq)")
     kafka.add_argument("--group", metavar="ID", help="consumer group id (default hiddenstate)")
     kafka.add_argument("--client-id", metavar="ID", help="Kafka client id (default hiddenstate)")
-    kafka.add_argument("--max-batch", type=int, metavar="N", help="most messages per micro-batch (default 500)")
+    kafka.add_argument("--max-batch", type=int, metavar="N", help="most messages per micro-batch (default 5000)")
     kafka.add_argument("--score-records", choices=["per_reading", "per_message"],
                        help="one score record per reading (default), or per input message and sensor")
     kafka.add_argument("--poll-timeout-ms", type=int, metavar="MS", help="how long one poll waits (default 200)")
