@@ -603,7 +603,8 @@ class ScoringService:
         scored = np.flatnonzero(result.status == SCORED).tolist()
         self._scored_many([sensor_ids[j] for j in scored], [messages[row_message[rows_of[j]]] for j in scored])
         message_headers: dict[int, list[tuple[str, bytes]]] = {}
-        scored_at: dict[tuple[str, float], int] = {}
+        scored_at: dict[tuple[str, float], int] = {}  # for the alerts' headers
+        written = 0
         for j in scored:
             if not released[j]:  # a look-ahead model scores this reading `delay` readings later
                 continue
@@ -628,8 +629,10 @@ class ScoringService:
             if result.delay:
                 doc["delay"] = result.delay
             outputs.append(Output(topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
-            scored_at[(sensor, target_ts)] = i
-        self.stats.score_messages += len(scored_at)
+            written += 1
+            if result.events:
+                scored_at[(sensor, target_ts)] = i
+        self.stats.score_messages += written
         return scored_at
 
     def _score_batches(self, messages: list, decoded: Decoded, result: StepResult, engine_rows: np.ndarray,
