@@ -174,12 +174,17 @@ def test_batch_dead_as_a_whole():
         b'{"sensor_id": "a", "readings": {"ts": 1, "value": 2}}': "not_an_object",
         b"42": "not_an_object",
     }
+    assert_dead_as_a_whole(d, cases)
+    out = d.decode([(b"k", three)])
+    assert len(out) == 3 and list(out.status) == [0, 0, 0] and not any(out.dead)
+
+
+def assert_dead_as_a_whole(d: Decoder, cases: dict[bytes, str]) -> None:
+    """Each message is one dead row with the reason given, and its dead letter is the message itself."""
     for value, why in cases.items():
         out = d.decode([(b"k", value)])
         assert len(out) == 1 and out.index[0] == -1 and out.dead[0][0].value == why, value
         assert out.dead_letter_value(0, value) == value
-    out = d.decode([(b"k", three)])
-    assert len(out) == 3 and list(out.status) == [0, 0, 0] and not any(out.dead)
 
 
 _json_docs = st.recursive(
@@ -308,10 +313,7 @@ def test_columnar_batch_dead_as_a_whole():
         b'{"sensor_id": "a", "ts": [1, 2], "value": 3}': "not_an_object",
         b'{"sensor_id": "a", "ts": [1, 2], "values": {"x": [1, 2], "y": 3}}': "not_an_object",
     }
-    for value, why in cases.items():
-        out = d.decode([(b"k", value)])
-        assert len(out) == 1 and out.index[0] == -1 and out.dead[0][0].value == why, value
-        assert out.dead_letter_value(0, value) == value
+    assert_dead_as_a_whole(d, cases)
 
 
 _cells = st.one_of(

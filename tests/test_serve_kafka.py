@@ -199,6 +199,26 @@ def test_end_to_end(kafka_bootstrap, model):
     assert all(r.key == ANOMALOUS.encode() for r in outputs["alerts"])
 
 
+async def run_to_the_end(bootstrap: str, model: Model, messages: list[tuple[bytes, bytes]], **config):
+    """Produce `messages` to fresh topics and run a service on them until its commits reach the end.
+
+    Returns (where each message was placed, end offsets, scores and dead letters read back, committed
+    offsets, the service's stats).
+    """
+    topics = await new_topics(bootstrap)
+    placed = await produce(bootstrap, topics["in"], messages)
+    ends = await end_offsets(bootstrap, topics["in"])
+    group = unique_name("g")
+    async with ScoringService(service_config(bootstrap, topics, group, **config), model) as service:
+        task = asyncio.create_task(service.run())
+        await wait_committed(bootstrap, group, topics["in"], ends, timeout=120)
+        service.request_stop()
+        await asyncio.wait_for(task, 20)
+    outputs = {k: await read_all(bootstrap, topics[k]) for k in ("scores", "dlq")}
+    committed = await committed_offsets(bootstrap, group, topics["in"])
+    return placed, ends, outputs, committed, service.stats
+
+
 def batched_stream() -> tuple[list[tuple[bytes, bytes]], dict[tuple[int, int], tuple[bytes, str]]]:
     """The fleet in batched messages keyed by sensor, with bad readings inside batches.
 
@@ -237,22 +257,9 @@ def test_batched_messages_end_to_end(kafka_bootstrap, model):
     messages, bad = batched_stream()
     ref_scores, _ = reference(model, messages, max_readings=50)
 
-    async def scenario():
-        topics = await new_topics(kafka_bootstrap)
-        placed = await produce(kafka_bootstrap, topics["in"], messages)
-        ends = await end_offsets(kafka_bootstrap, topics["in"])
-        group = unique_name("g")
-        cfg = service_config(kafka_bootstrap, topics, group, max_batch=7, max_readings_per_message=50)
-        async with ScoringService(cfg, model) as service:
-            task = asyncio.create_task(service.run())
-            await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
-            service.request_stop()
-            await asyncio.wait_for(task, 20)
-        outputs = {k: await read_all(kafka_bootstrap, topics[k]) for k in ("scores", "dlq")}
-        committed = await committed_offsets(kafka_bootstrap, group, topics["in"])
-        return placed, ends, outputs, committed, service.stats
-
-    placed, ends, outputs, committed, stats = asyncio.run(scenario())
+    placed, ends, outputs, committed, stats = asyncio.run(
+        run_to_the_end(kafka_bootstrap, model, messages, max_batch=7, max_readings_per_message=50)
+    )
     assert committed == ends
     # 480 readings, 2 bad ones inserted, and the batch dead as a whole counts once
     assert stats.messages == len(messages) and stats.consumed == 8 * 60 + 2 + 1
@@ -294,21 +301,10 @@ def test_columnar_messages_with_one_score_record_per_message(kafka_bootstrap, mo
             messages.append((sid.encode(), orjson.dumps(doc)))
     ref_scores, _ = reference(model, messages)
 
-    async def scenario():
-        topics = await new_topics(kafka_bootstrap)
-        placed = await produce(kafka_bootstrap, topics["in"], messages)
-        ends = await end_offsets(kafka_bootstrap, topics["in"])
-        group = unique_name("g")
-        cfg = service_config(kafka_bootstrap, topics, group, max_batch=9, score_records="per_message")
-        async with ScoringService(cfg, model) as service:
-            task = asyncio.create_task(service.run())
-            await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=120)
-            service.request_stop()
-            await asyncio.wait_for(task, 20)
-        outputs = {k: await read_all(kafka_bootstrap, topics[k]) for k in ("scores", "dlq")}
-        return placed, outputs, service.stats
-
-    placed, outputs, stats = asyncio.run(scenario())
+    placed, ends, outputs, committed, stats = asyncio.run(
+        run_to_the_end(kafka_bootstrap, model, messages, max_batch=9, score_records="per_message")
+    )
+    assert committed == ends
     assert stats.scored == 8 * 60 - 1 and len(outputs["dlq"]) == 1
     assert header(outputs["dlq"][0], "reason") == "not_numeric" and header(outputs["dlq"][0], "source_index") == "4"
     where = {placed[m]: m for m in range(len(messages))}
