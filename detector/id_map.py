@@ -24,8 +24,8 @@ _TOMBSTONE = 1
 
 def hash_ids(sensor_ids: Sequence[str]) -> np.ndarray:
     """64-bit keys of ids; never the two values reserved for empty and deleted entries."""
-    keys = np.fromiter(map(hash, sensor_ids), dtype=np.int64, count=len(sensor_ids))
-    reserved = (keys == _EMPTY) | (keys == _TOMBSTONE)
+    keys = np.array(list(map(hash, sensor_ids)), dtype=np.int64)
+    reserved = (keys & ~1) == 0  # _EMPTY or _TOMBSTONE
     if reserved.any():
         keys[reserved] += 2
     return keys
@@ -53,7 +53,9 @@ class IdMap:
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Slot of each key, -1 where absent."""
         at = self._positions(keys)
-        return np.where(at >= 0, self._slots[np.maximum(at, 0)], -1).astype(np.int64)
+        slots = self._slots[at].astype(np.int64)  # position -1 reads the table's last entry: overwritten next
+        slots[at < 0] = -1
+        return slots
 
     def insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
         """Add keys that are not in the map yet (distinct) with their slots."""
@@ -73,10 +75,13 @@ class IdMap:
 
     def _positions(self, keys: np.ndarray) -> np.ndarray:
         """Table position of each key, -1 where absent (linear probing until an empty entry)."""
-        out = np.full(keys.size, -1, dtype=np.int64)
         mask = self._keys.size - 1
-        pending = np.arange(keys.size)
         pos = keys & mask
+        found = self._keys[pos]  # the first probe, for every key at once: most keys end here
+        hit = found == keys
+        out = np.where(hit, pos, -1)
+        pending = np.flatnonzero(~hit & (found != _EMPTY))
+        pos = (pos[pending] + 1) & mask
         while pending.size:
             found = self._keys[pos]
             hit = found == keys[pending]
