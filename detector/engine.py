@@ -201,8 +201,8 @@ class Engine:
     def _step_wave(self, result: StepResult, rows: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
         cfg, pool = self.config, self.pool
         ts = result.ts[rows]
-        count = pool.count[slots]
-        last = pool.last_ts[slots]
+        st = pool.gather(slots)
+        count, last = st.count.copy(), st.last_ts.copy()
         seen = count > 0
         late = seen & (ts < last)
         dup = seen & (ts == last)
@@ -213,7 +213,7 @@ class Engine:
             rows, slots, ts, count, last, seen = rows[keep], slots[keep], ts[keep], count[keep], last[keep], seen[keep]
             if rows.size == 0:
                 return
-        st = pool.gather(slots)
+            st = pool.rows({b: block[keep] for b, block in st.blocks.items()})
         x = values[rows]
         dt = np.where(seen, ts - last, 0.0)
 
