@@ -883,13 +883,13 @@ class ScoringService:
             ckpt, n_records, n_bytes = await self._checkpoint_outputs(mine)
         try:
             await producer.begin_transaction()
-            futures = []
-            for out in [*outputs, *ckpt]:
-                futures.append(await producer.send(out.topic, out.value, key=out.key, headers=out.headers,
-                                                   partition=out.partition))
+            sent = await self._send_batches([*outputs, *ckpt])  # record batches join the transaction too
             # every record acknowledged before the offsets join the transaction and it commits (aiokafka can
             # commit a transaction whose batch failed; never let that happen)
-            for res in await asyncio.gather(*futures, return_exceptions=True):
+            waits = [f for _, f in sent if isinstance(f, asyncio.Future)]
+            for res in [f for _, f in sent if isinstance(f, BaseException)] + await asyncio.gather(
+                *waits, return_exceptions=True
+            ):
                 if isinstance(res, BaseException):
                     raise res
             crash_point("produced")
