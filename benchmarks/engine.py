@@ -57,6 +57,7 @@ from detector.errors import ModelError  # noqa: E402
 from detector.model_store import Model, load_model, untrained  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
 from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
+from report import table_and_notes  # noqa: E402  (benchmarks/report.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SENSORS = [1_000, 10_000, 100_000, 1_000_000]
@@ -605,12 +606,8 @@ def markdown(results: dict) -> str:
         f"each fleet filled first (every sensor >= {min(f['min_readings_per_sensor_before_timing'] for f in results['fleets'])} "
         "readings) so that every timed reading is scored and calibrated.",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---:" for _ in HEADERS) + "|",
+        *table_and_notes(HEADERS, table_rows(results), notes(results)),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
-    lines.append("")
-    lines += [f"- {line}" for line in notes(results)]
     return "\n".join(lines) + "\n"
 
 

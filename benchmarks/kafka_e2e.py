@@ -533,6 +533,16 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
+def add_run_arguments(p: argparse.ArgumentParser, port: int, timeout_help: str) -> None:
+    """The options every broker benchmark has: model, its own broker's ports (or a running one), timeout, output."""
+    p.add_argument("--model", default="gru-default", help="model (default gru-default)")
+    p.add_argument("--port", type=int, default=port, help=f"broker port for scripts/kafka.sh (default {port})")
+    p.add_argument("--controller-port", type=int, default=port + 1, help=f"controller port (default {port + 1})")
+    p.add_argument("--bootstrap", help="use this running broker instead of starting one")
+    p.add_argument("--timeout", type=float, default=300, help=timeout_help)
+    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results; quick: temp)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="~30 s smoke run; writes to a temporary directory")
@@ -548,12 +558,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --batch-per-message: messages as columns ({sensor_id, ts: [...], value: [...]})")
     p.add_argument("--score-records", choices=["per_reading", "per_message"], default="per_reading",
                    help="the service's score_records (default per_reading)")
-    p.add_argument("--model", default="gru-default", help="model (default gru-default)")
-    p.add_argument("--port", type=int, default=29192, help="broker port for scripts/kafka.sh (default 29192)")
-    p.add_argument("--controller-port", type=int, default=29193, help="controller port (default 29193)")
-    p.add_argument("--bootstrap", help="use this running broker instead of starting one")
-    p.add_argument("--timeout", type=float, default=300, help="give up on (a) after this many seconds")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results; quick: temp)")
+    add_run_arguments(p, port=29192, timeout_help="give up on (a) after this many seconds")
     args = p.parse_args(argv)
     if args.readings is None:
         args.readings = 30_000 if args.quick else 200_000

@@ -52,6 +52,7 @@ from pathlib import Path  # noqa: E402
 
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
 from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
+from report import table_and_notes  # noqa: E402  (benchmarks/report.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SENSORS = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
@@ -387,12 +388,8 @@ def markdown(results: dict) -> str:
         f"- Each fleet size in a fresh process; every sensor gets {s['readings_per_sensor']} readings in batches of "
         f"up to {s['batch']:,} distinct sensors; ids `sensor-0000123` made per batch (the engine keeps no id strings).",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---:" for _ in HEADERS) + "|",
+        *table_and_notes(HEADERS, table_rows(results), notes(results)),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
-    lines.append("")
-    lines += [f"- {line}" for line in notes(results)]
     return "\n".join(lines) + "\n"
 
 

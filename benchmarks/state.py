@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.kafka_e2e import (  # noqa: E402
+    add_run_arguments,
     RESULTS,
     broker_for,
     command_line,
@@ -338,12 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restore-sensors", type=int, default=None,
                    help="sensor states for (b) (default 100000; quick 20000)")
     p.add_argument("--restore-rounds", type=int, default=None, help="restores measured (default 3; quick 1)")
-    p.add_argument("--model", default="gru-default", help="model (default gru-default)")
-    p.add_argument("--port", type=int, default=29292, help="broker port for scripts/kafka.sh (default 29292)")
-    p.add_argument("--controller-port", type=int, default=29293, help="controller port (default 29293)")
-    p.add_argument("--bootstrap", help="use this running broker instead of starting one")
-    p.add_argument("--timeout", type=float, default=300, help="give up on one run after this many seconds")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default benchmarks/results; quick: temp)")
+    add_run_arguments(p, port=29292, timeout_help="give up on one run after this many seconds")
     args = p.parse_args(argv)
     args.max_batch = [int(x) for x in args.max_batch.split(",")]
     if args.readings is None:

@@ -1,4 +1,4 @@
-"""The memory benchmark runs end to end and the benchmarks' PNGs are drawn from their JSON (no figures asserted)."""
+"""The benchmark scripts run end to end and their PNGs are drawn from their JSON (no figures asserted)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -41,3 +43,18 @@ def test_models_benchmark_smoke_run_covers_a_forecaster_and_a_look_ahead_model(t
     assert rows["bidir-default"]["lookahead"] == 4 and rows["gru-default"]["lookahead"] == 0
     assert all(r["readings_per_s_4096"] > 0 and r["mse"] < r["persistence_mse"] for r in rows.values())
     assert "| `bidir-default` |" in (tmp_path / "models.md").read_text()
+
+
+def test_service_phases_covers_each_input_format(tmp_path):
+    cmd = [sys.executable, str(BENCH / "service_phases.py"), "--readings", "20000", "--sensors", "100",
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = {r["format"]: r for r in json.loads((tmp_path / "service_phases.json").read_text())["formats"]}
+    assert set(rows) == {"single", "envelope", "columnar"}
+    for r in rows.values():
+        assert r["readings"] > 0 and r["total_us"] == pytest.approx(r["decode_us"] + r["engine_us"] + r["outputs_us"])
+    # one score record per reading, except for columnar batches with per-message records (100 readings each)
+    assert rows["single"]["score_records_written"] == rows["envelope"]["score_records_written"] == 20000
+    assert rows["columnar"]["score_records_written"] == 20000 // 100
+    assert "| columnar | 100 |" in (tmp_path / "service_phases.md").read_text()
