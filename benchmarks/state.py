@@ -331,11 +331,12 @@ def markdown(res: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="~1 min smoke run; writes to a temporary directory")
-    p.add_argument("--readings", type=int, default=None, help="readings for (a) (default 40000; quick 8000)")
+    p.add_argument("--readings", type=int, default=None, help="readings for (a) (default 100000; quick 8000)")
     p.add_argument("--sensors", type=int, default=1000, help="sensors for (a) (default 1000)")
     p.add_argument("--partitions", type=int, default=4, help="input and changelog partitions (default 4)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the modes (default 3; quick 1)")
-    p.add_argument("--max-batch", default="500,100", help="service max_batch values, comma-separated (default 500,100)")
+    p.add_argument("--max-batch", default="5000,500",
+                   help="service max_batch values, comma-separated (default 5000,500)")
     p.add_argument("--restore-sensors", type=int, default=None,
                    help="sensor states for (b) (default 100000; quick 20000)")
     p.add_argument("--restore-rounds", type=int, default=None, help="restores measured (default 3; quick 1)")
@@ -343,7 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.max_batch = [int(x) for x in args.max_batch.split(",")]
     if args.readings is None:
-        args.readings = 8_000 if args.quick else 40_000
+        args.readings = 8_000 if args.quick else 100_000
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.restore_sensors is None:
