@@ -320,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.batch_per_message < 1:
             raise ProduceError(f"--batch-per-message must be at least 1, not {args.batch_per_message}")
+        if args.columnar and args.batch_per_message == 1:
+            raise ProduceError("--columnar writes batches: give --batch-per-message N with N above 1 too")
         if args.connect_timeout <= 0:
             raise ProduceError("--connect-timeout must be positive")
         asyncio.run(produce_files(

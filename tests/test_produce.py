@@ -210,6 +210,8 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert run_produce([str(tmp_path / "fleet.csv"), "--topic", "t", "--batch-per-message", "0"]) == 2
     assert "--batch-per-message must be at least 1" in capsys.readouterr().err
+    assert run_produce([str(tmp_path / "fleet.csv"), "--topic", "t", "--columnar"]) == 2
+    assert "--columnar writes batches" in capsys.readouterr().err
     assert run_produce([str(tmp_path / "fleet.csv"), "--topic", "t", "--rate", "-1",
                         "--bootstrap", f"127.0.0.1:{_free_port()}", "--connect-timeout", "1"]) == 2
     assert "--rate" in capsys.readouterr().err
