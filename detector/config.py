@@ -40,10 +40,15 @@ class DetectorConfig(BaseModel):
     )
     raise_k: int = Field(4, ge=1, description="Anomalous readings among the last raise_n that raise an alert.")
     raise_n: int = Field(5, ge=1, le=32, description="Window (readings) for raise_k.")
-    clear_m: int = Field(5, ge=1, le=60000, description="Consecutive quiet readings that clear an alert.")
+    clear_m: int = Field(3, ge=1, le=60000, description="Consecutive quiet readings that clear an alert.")
     clear_threshold: float = Field(
         0.98, gt=0.5, lt=1.0, description="Score below which a reading counts as quiet towards clearing an open alert"
         " (`threshold` where that is lower): readings between the two neither raise nor clear an alert."
+    )
+    clear_level: float | None = Field(
+        0.995, gt=0.5, lt=1.0, description="An open alert counts a reading as quiet only if every channel's own level"
+        " score (2Φ(|level|/σ) − 1, not corrected for the number of channels) is below this too: the alert stays open"
+        " while any one channel is still that far from the reference held since it opened. None = off."
     )
     level_window: float = Field(
         40.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."

@@ -326,7 +326,7 @@ class Engine:
         )
         st.last_value[r] = x
         z_level = np.clip((x - mean) / std, -normalise.Z_CLIP, normalise.Z_CLIP)
-        st.level[r], st.level_spread[r], level_score, level_channel = levels.update(
+        st.level[r], st.level_spread[r], level_score, level_channel, level_worst = levels.update(
             st.level[r], st.level_spread[r], z_level, count, cfg.level_window, cfg.long_window
         )
         if self.joint:
@@ -372,8 +372,12 @@ class Engine:
                 reference[sr, level_channel[h][shifted]] = mean[h][sr, level_channel[h][shifted]]
                 kr = np.flatnonzero(stuck)
                 surprise[kr, stuck_channel[h][stuck]] = np.inf
+                # With `clear_level`, an open alert also stays open while any one channel's level is still that
+                # far from the reference (held since the alert opened), judged on its own: the correction for
+                # looking at C channels guards against raising on chance, not against clearing too soon.
+                held = level_worst[h] >= cfg.clear_level if cfg.clear_level is not None else None
                 self._advance_alerts(result, rows[h], st, f, ts[h], x[h], reference, surprise, s,
-                                     anomalous[h], err_mean_before, err_var_before)
+                                     anomalous[h], err_mean_before, err_var_before, held)
 
         result.target_ts[rows] = ts
         result.seen[rows] = x
@@ -397,9 +401,12 @@ class Engine:
         anomalous: np.ndarray,
         err_mean: np.ndarray,
         err_var: np.ndarray,
+        held: np.ndarray | None = None,
     ) -> None:
         cfg = self.config
         quiet = score < min(cfg.clear_threshold, cfg.threshold)  # hysteresis: a lower bar to clear than to raise
+        if held is not None:
+            quiet &= ~held
         t = alerts.update(
             st.flags[f], st.active[f] > 0, st.calm[f], st.peak[f], anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m,
             quiet,

@@ -31,10 +31,11 @@ def update(
     count: np.ndarray,
     window: float,
     long_window: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Advance levels [n, C] with normalised readings z [n, C]; `count` is readings seen before these.
 
-    Returns (new level, new spread, level score [n], channel of that score [n]).
+    Returns (new level, new spread, level score [n], channel of that score [n], that channel's own score [n]
+    without the correction for C channels: how far off the sensor's most shifted channel is on its own).
     A sensor scores 0 until it has 2 × `window` readings (its level is still settling).
     """
     new_level = np.where(count[:, None] > 0, level + (z - level) / window, 0.0).astype(np.float32)
@@ -46,5 +47,6 @@ def update(
     learn = np.minimum(new_level * new_level, 9.0 * sigma * sigma)
     new_spread = (spread + alpha * (learn - spread)).astype(np.float32)
     channel = per_channel.argmax(axis=1)
-    score = per_channel.max(axis=1).astype(np.float64) ** z.shape[1]  # Šidák: C channels looked at
-    return new_level, new_spread, score.astype(np.float32), channel
+    worst = per_channel.max(axis=1).astype(np.float32)
+    score = worst.astype(np.float64) ** z.shape[1]  # Šidák: C channels looked at
+    return new_level, new_spread, score.astype(np.float32), channel, worst
