@@ -45,10 +45,10 @@ class DetectorConfig(BaseModel):
         0.98, gt=0.5, lt=1.0, description="Score below which a reading counts as quiet towards clearing an open alert"
         " (`threshold` where that is lower): readings between the two neither raise nor clear an alert."
     )
-    clear_level: float | None = Field(
-        0.995, gt=0.5, lt=1.0, description="An open alert counts a reading as quiet only if every channel's own level"
+    clear_level: float = Field(
+        0.995, gt=0.5, le=1.0, description="An open alert counts a reading as quiet only if every channel's own level"
         " score (2Φ(|level|/σ) − 1, not corrected for the number of channels) is below this too: the alert stays open"
-        " while any one channel is still that far from the reference held since it opened. None = off."
+        " while any one channel is still that far from the reference held since it opened. 1 = off."
     )
     level_window: float = Field(
         40.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."

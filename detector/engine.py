@@ -375,7 +375,7 @@ class Engine:
                 # With `clear_level`, an open alert also stays open while any one channel's level is still that
                 # far from the reference (held since the alert opened), judged on its own: the correction for
                 # looking at C channels guards against raising on chance, not against clearing too soon.
-                held = level_worst[h] >= cfg.clear_level if cfg.clear_level is not None else None
+                held = level_worst[h] >= cfg.clear_level if cfg.clear_level < 1.0 else None
                 self._advance_alerts(result, rows[h], st, f, ts[h], x[h], reference, surprise, s,
                                      anomalous[h], err_mean_before, err_var_before, held)
 

@@ -21,11 +21,11 @@ def test_an_alert_stays_open_while_one_channel_of_many_is_still_shifted(small_mo
     values = _fault(seed)
     ids, ts = ["s"] * len(values), np.arange(len(values), dtype=float)
 
-    def alerting(clear_level: float | None) -> np.ndarray:
+    def alerting(clear_level: float) -> np.ndarray:
         config = DetectorConfig(clear_m=3, clear_level=clear_level)
         return Detector(small_model, config=config, channels=values.shape[1]).score_arrays(ids, ts, values).alerting
 
-    old, new = alerting(None), alerting(0.995)
+    old, new = alerting(1.0), alerting(0.995)  # 1 = off
     assert new[2010:2100].all() and old[2010:2100].all()  # the jump raises an alert either way
     # With 64 channels the level score alone lets the alert clear while channel 0 is still ~3.6σ off; judged per
     # channel it stays open for more of the sustained shift.
