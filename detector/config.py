@@ -53,6 +53,11 @@ class DetectorConfig(BaseModel):
     level_window: float = Field(
         40.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."
     )
+    level_fast_window: float = Field(
+        0.0, ge=0, description="If set (at least 2), the level view also keeps each channel's level over this many"
+        " readings, so an abrupt shift scores sooner; both scales count as tests in the correction for the number of"
+        " channels (C floats more state per scale). 0 = off (the default)."
+    )
     correlation_window: float = Field(
         60.0, ge=2, description="Memory (readings) of the level vector that the correlation view compares with the"
         " usual covariance of the sensor's channels."
@@ -81,6 +86,8 @@ class DetectorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DetectorConfig:
+        if 0 < self.level_fast_window < 2:
+            raise ValueError(f"level_fast_window ({self.level_fast_window}) must be 0 (off) or at least 2")
         if self.raise_k > self.raise_n:
             raise ValueError(f"raise_k ({self.raise_k}) cannot exceed raise_n ({self.raise_n})")
         return self

@@ -124,8 +124,11 @@ class Engine:
         """How many readings after a reading its score comes (bidir's look-ahead; 0 for the others)."""
         self.joint = 2 <= channels <= config.correlation_max_channels
         """Whether sensors get the correlation view (see `correlation`)."""
+        self.fast_level = config.level_fast_window > 0
+        """Whether the level view also runs at a fast scale (see `levels.two_scales`)."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
-                              lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype)
+                              lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
+                              fast_level=self.fast_level)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -329,6 +332,13 @@ class Engine:
         st.level[r], st.level_spread[r], level_score, level_channel, level_worst = levels.update(
             st.level[r], st.level_spread[r], z_level, count, cfg.level_window, cfg.long_window
         )
+        if self.fast_level:
+            st.level_fast[r], st.level_fast_spread[r], _, fast_channel, fast_worst = levels.update(
+                st.level_fast[r], st.level_fast_spread[r], z_level, count, cfg.level_fast_window, cfg.long_window
+            )
+            level_score, level_channel, level_worst = levels.two_scales(
+                level_worst, level_channel, fast_worst, fast_channel, self.channels
+            )
         if self.joint:
             st.joint_level[r], st.joint_cov[r], joint_score, joint_channel = correlation.update(
                 st.joint_level[r], st.joint_cov[r], z_level, count, cfg.correlation_window, cfg.long_window

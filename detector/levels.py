@@ -50,3 +50,19 @@ def update(
     worst = per_channel.max(axis=1).astype(np.float32)
     score = worst.astype(np.float64) ** z.shape[1]  # Šidák: C channels looked at
     return new_level, new_spread, score.astype(np.float32), channel, worst
+
+
+def two_scales(
+    slow_worst: np.ndarray, slow_channel: np.ndarray, fast_worst: np.ndarray, fast_channel: np.ndarray, channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Combine the level view at two time scales: (score [n], channel [n], most shifted channel's own score [n]).
+
+    `*_worst` are the per-sensor largest per-channel scores of each scale (`update`'s last output). The
+    score is the largest of the 2C per-channel scores corrected for 2C tests (Šidák; conservative, since
+    the two scales of one channel are correlated), so adding a scale does not add chance alarms.
+    """
+    fast = fast_worst > slow_worst
+    worst = np.maximum(slow_worst, fast_worst)
+    score = worst.astype(np.float64) ** (2 * channels)
+    return score.astype(np.float32), np.where(fast, fast_channel, slow_channel), worst
+
