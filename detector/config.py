@@ -40,13 +40,23 @@ class DetectorConfig(BaseModel):
     )
     raise_k: int = Field(4, ge=1, description="Anomalous readings among the last raise_n that raise an alert.")
     raise_n: int = Field(5, ge=1, le=32, description="Window (readings) for raise_k.")
-    clear_m: int = Field(5, ge=1, le=60000, description="Consecutive quiet readings that clear an alert.")
+    clear_m: int = Field(3, ge=1, le=60000, description="Consecutive quiet readings that clear an alert.")
     clear_threshold: float = Field(
         0.98, gt=0.5, lt=1.0, description="Score below which a reading counts as quiet towards clearing an open alert"
         " (`threshold` where that is lower): readings between the two neither raise nor clear an alert."
     )
+    clear_level: float = Field(
+        0.995, gt=0.5, le=1.0, description="An open alert counts a reading as quiet only if every channel's own level"
+        " score (2Φ(|level|/σ) − 1, not corrected for the number of channels) is below this too: the alert stays open"
+        " while any one channel is still that far from the reference held since it opened. 1 = off."
+    )
     level_window: float = Field(
         40.0, ge=2, description="Memory (readings) of each channel's recent level, compared with its usual one."
+    )
+    level_fast_window: float = Field(
+        0.0, ge=0, description="If set (at least 2), the level view also keeps each channel's level over this many"
+        " readings, so an abrupt shift scores sooner; both scales count as tests in the correction for the number of"
+        " channels (C floats more state per scale). 0 = off (the default)."
     )
     correlation_window: float = Field(
         60.0, ge=2, description="Memory (readings) of the level vector that the correlation view compares with the"
@@ -76,6 +86,8 @@ class DetectorConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DetectorConfig:
+        if 0 < self.level_fast_window < 2:
+            raise ValueError(f"level_fast_window ({self.level_fast_window}) must be 0 (off) or at least 2")
         if self.raise_k > self.raise_n:
             raise ValueError(f"raise_k ({self.raise_k}) cannot exceed raise_n ({self.raise_n})")
         return self

@@ -124,8 +124,11 @@ class Engine:
         """How many readings after a reading its score comes (bidir's look-ahead; 0 for the others)."""
         self.joint = 2 <= channels <= config.correlation_max_channels
         """Whether sensors get the correlation view (see `correlation`)."""
+        self.fast_level = config.level_fast_window > 0
+        """Whether the level view also runs at a fast scale (see `levels.two_scales`)."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
-                              lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype)
+                              lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
+                              fast_level=self.fast_level)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -326,9 +329,16 @@ class Engine:
         )
         st.last_value[r] = x
         z_level = np.clip((x - mean) / std, -normalise.Z_CLIP, normalise.Z_CLIP)
-        st.level[r], st.level_spread[r], level_score, level_channel = levels.update(
+        st.level[r], st.level_spread[r], level_score, level_channel, level_worst = levels.update(
             st.level[r], st.level_spread[r], z_level, count, cfg.level_window, cfg.long_window
         )
+        if self.fast_level:
+            st.level_fast[r], st.level_fast_spread[r], _, fast_channel, fast_worst = levels.update(
+                st.level_fast[r], st.level_fast_spread[r], z_level, count, cfg.level_fast_window, cfg.long_window
+            )
+            level_score, level_channel, level_worst = levels.two_scales(
+                level_worst, level_channel, fast_worst, fast_channel, self.channels
+            )
         if self.joint:
             st.joint_level[r], st.joint_cov[r], joint_score, joint_channel = correlation.update(
                 st.joint_level[r], st.joint_cov[r], z_level, count, cfg.correlation_window, cfg.long_window
@@ -372,8 +382,12 @@ class Engine:
                 reference[sr, level_channel[h][shifted]] = mean[h][sr, level_channel[h][shifted]]
                 kr = np.flatnonzero(stuck)
                 surprise[kr, stuck_channel[h][stuck]] = np.inf
+                # With `clear_level`, an open alert also stays open while any one channel's level is still that
+                # far from the reference (held since the alert opened), judged on its own: the correction for
+                # looking at C channels guards against raising on chance, not against clearing too soon.
+                held = level_worst[h] >= cfg.clear_level if cfg.clear_level < 1.0 else None
                 self._advance_alerts(result, rows[h], st, f, ts[h], x[h], reference, surprise, s,
-                                     anomalous[h], err_mean_before, err_var_before)
+                                     anomalous[h], err_mean_before, err_var_before, held)
 
         result.target_ts[rows] = ts
         result.seen[rows] = x
@@ -397,9 +411,12 @@ class Engine:
         anomalous: np.ndarray,
         err_mean: np.ndarray,
         err_var: np.ndarray,
+        held: np.ndarray | None = None,
     ) -> None:
         cfg = self.config
         quiet = score < min(cfg.clear_threshold, cfg.threshold)  # hysteresis: a lower bar to clear than to raise
+        if held is not None:
+            quiet &= ~held
         t = alerts.update(
             st.flags[f], st.active[f] > 0, st.calm[f], st.peak[f], anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m,
             quiet,

@@ -31,10 +31,11 @@ def update(
     count: np.ndarray,
     window: float,
     long_window: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Advance levels [n, C] with normalised readings z [n, C]; `count` is readings seen before these.
 
-    Returns (new level, new spread, level score [n], channel of that score [n]).
+    Returns (new level, new spread, level score [n], channel of that score [n], that channel's own score [n]
+    without the correction for C channels: how far off the sensor's most shifted channel is on its own).
     A sensor scores 0 until it has 2 × `window` readings (its level is still settling).
     """
     new_level = np.where(count[:, None] > 0, level + (z - level) / window, 0.0).astype(np.float32)
@@ -46,5 +47,22 @@ def update(
     learn = np.minimum(new_level * new_level, 9.0 * sigma * sigma)
     new_spread = (spread + alpha * (learn - spread)).astype(np.float32)
     channel = per_channel.argmax(axis=1)
-    score = per_channel.max(axis=1).astype(np.float64) ** z.shape[1]  # Šidák: C channels looked at
-    return new_level, new_spread, score.astype(np.float32), channel
+    worst = per_channel.max(axis=1).astype(np.float32)
+    score = worst.astype(np.float64) ** z.shape[1]  # Šidák: C channels looked at
+    return new_level, new_spread, score.astype(np.float32), channel, worst
+
+
+def two_scales(
+    slow_worst: np.ndarray, slow_channel: np.ndarray, fast_worst: np.ndarray, fast_channel: np.ndarray, channels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Combine the level view at two time scales: (score [n], channel [n], most shifted channel's own score [n]).
+
+    `*_worst` are the per-sensor largest per-channel scores of each scale (`update`'s last output). The
+    score is the largest of the 2C per-channel scores corrected for 2C tests (Šidák; conservative, since
+    the two scales of one channel are correlated), so adding a scale does not add chance alarms.
+    """
+    fast = fast_worst > slow_worst
+    worst = np.maximum(slow_worst, fast_worst)
+    score = worst.astype(np.float64) ** (2 * channels)
+    return score.astype(np.float32), np.where(fast, fast_channel, slow_channel), worst
+

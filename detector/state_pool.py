@@ -32,7 +32,8 @@ from detector.validation import MAX_SENSOR_ID_LENGTH
 
 # name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor,
 # "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead; "CX" = one per channel
-# and "CC" = one per pair of channels, both only where the correlation view is on (`correlation`), else none.
+# and "CC" = one per pair of channels, both only where the correlation view is on (`correlation`), else none;
+# "CF" = one per channel only where the level view has a fast scale too (`fast_level`), else none.
 _FIELDS: dict[str, tuple[str, int | str]] = {
     "hidden": ("f32", "S"),
     "norm_var": ("f32", "C"),
@@ -41,6 +42,8 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "run_mean": ("f32", "C"),  # usual length of runs of identical readings
     "level": ("f32", "C"),  # recent level of each channel, normalised
     "level_spread": ("f32", "C"),  # usual spread (variance) of that level
+    "level_fast": ("f32", "CF"),  # the same at the fast scale (`level_fast_window`; no columns when it is off)
+    "level_fast_spread": ("f32", "CF"),
     "joint_level": ("f32", "CX"),  # recent level of each channel for the correlation view, normalised
     "joint_cov": ("f32", "CC"),  # usual covariance of that level vector, C × C row-major
     "dt_mean": ("f32", 1),
@@ -119,17 +122,20 @@ class StatePool:
         lookahead: int = 0,
         correlation: bool = False,
         hidden_dtype: str = "float32",
+        fast_level: bool = False,
     ) -> None:
         self.state_size = state_size
         self.channels = channels
         self.lookahead = lookahead
         self.correlation = correlation
+        self.fast_level = fast_level
         self.capacity = capacity
         self.stats = PoolStats()
         if hidden_dtype not in ("float32", "float16"):
             raise ValueError(f"hidden_dtype must be float32 or float16, not {hidden_dtype!r}")
         self.hidden_dtype = hidden_dtype
-        self._layout, widths = _layout(state_size, channels, lookahead, correlation, hidden_dtype == "float16")
+        self._layout, widths = _layout(state_size, channels, lookahead, correlation, hidden_dtype == "float16",
+                                       fast_level)
         self._widths = {b: w for b, w in widths.items() if w}  # no empty blocks: each costs a gather per wave
         self._blocks: dict[str, np.ndarray] = {}
         self._key_of = np.zeros(0, dtype=np.int64)  # id hash held by each slot; 0 = free
@@ -289,11 +295,13 @@ class StatePool:
 
 
 def _layout(
-    state_size: int, channels: int, lookahead: int = 0, correlation: bool = False, half_hidden: bool = False
+    state_size: int, channels: int, lookahead: int = 0, correlation: bool = False, half_hidden: bool = False,
+    fast_level: bool = False,
 ) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
     """Column of each field in its block, and each block's width (`half_hidden`: the network state in float16)."""
     cross = channels if correlation else 0
-    sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels, "CX": cross, "CC": cross * cross}
+    sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels, "CX": cross, "CC": cross * cross,
+             "CF": channels if fast_level else 0}
     layout: dict[str, tuple[str, slice | int]] = {}
     widths = {b: 0 for b in _DTYPES}
     for name, (block, width) in _FIELDS.items():

@@ -16,7 +16,7 @@ def _settled_levels(channels: int, z: float) -> np.ndarray:
     n = 1
     level = np.full((n, channels), z, np.float32)
     spread = np.ones((n, channels), np.float32)
-    _, _, score, _ = levels.update(level, spread, level.copy(), np.array([10_000]), 60.0, 1000.0)
+    _, _, score, _, _ = levels.update(level, spread, level.copy(), np.array([10_000]), 60.0, 1000.0)
     return score
 
 

@@ -175,3 +175,17 @@ def test_f_cdf_matches_closed_form_for_two_numerator_degrees():
     x = np.array([0.0, 0.5, 1.0, 3.0, 7.0])
     assert _f_cdf(x, 2, 20) == pytest.approx(1 - (1 + 2 * x / 20) ** -10, abs=1e-6)
     assert math.isclose(float(_f_cdf(np.array([0.0, 15.0]), 8, 392)[1]), 1.0, abs_tol=1e-6)
+
+
+def test_error_buckets_split_misses_and_false_alarms_by_where_they_are():
+    from benchmarks.skab.evaluate import error_buckets
+
+    #              train | test ...
+    anomaly = np.array([0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 0])
+    pred = np.array(   [1, 1, 0, 0, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1])
+    b = error_buckets(anomaly, pred, train_rows=2)
+    # segment 3–7: first alarm at row 4 (1 late row), rows 5 and 6 missed after it (2 gap rows);
+    # segment 11–12 never alarmed (2 rows); the alarm 7–8 outlasts its anomaly by row 8; 14–15 overlaps none.
+    assert b == {"late": 1, "gap": 2, "never": 2, "early": 0, "overrun": 1, "alone": 2}
+    early = error_buckets(np.array([0, 0, 1, 1]), np.array([1, 1, 1, 0]), train_rows=0)
+    assert early == {"late": 0, "gap": 1, "never": 0, "early": 2, "overrun": 0, "alone": 0}

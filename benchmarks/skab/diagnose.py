@@ -120,6 +120,11 @@ def _positions(counts: dict[str, int]) -> str:
     return f"{sum(counts.values())} rows: " + ", ".join(f"{names[k]} {v / total:.0%}" for k, v in counts.items())
 
 
+def _buckets(counts: dict[str, int], keys: tuple[str, ...], names: dict[str, str]) -> str:
+    total = sum(counts.get(k, 0) for k in keys)
+    return f"{total} rows: " + ", ".join(f"{counts.get(k, 0)} {names[k]}" for k in keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -193,6 +198,15 @@ def main(argv: list[str] | None = None) -> int:
         "Where the false alarms are (test rows labelled normal with an alert open): "
         + _positions(diag["false_alarm_rows"]) + ". Alerts on the recovery transient (the fault is removed and the"
         " plant returns to its old level: a real change the forecaster sees) run on past the end of the label.",
+        "",
+        "Missed anomalous rows (alert output): " + _buckets(diag["error_rows"], ("late", "gap", "never"), {
+            "late": "before the first alert of their anomaly (late onset)",
+            "gap": "after an alert inside the anomaly has closed again (gaps)",
+            "never": "in anomalies with no alert at all"}) + ". False-alarm rows: " + _buckets(
+            diag["error_rows"], ("early", "overrun", "alone"), {
+                "early": "in alerts that open before an anomaly and run into it",
+                "overrun": "in alerts that outlast the anomaly they overlap",
+                "alone": "in alerts that overlap no anomaly"}) + ".",
         "",
         "## 4. Which channels carry the signal for a reference-level detector",
         "",

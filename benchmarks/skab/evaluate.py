@@ -34,6 +34,40 @@ def false_alarm_positions(f: SkabFile, alerting: np.ndarray) -> dict[str, int]:
     }
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D bool array, end exclusive."""
+    d = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def error_buckets(anomaly: np.ndarray, pred: np.ndarray, train_rows: int = TRAIN_ROWS) -> dict[str, int]:
+    """Where one file's missed and false-alarm test rows are (rows from `train_rows` on).
+
+    Missed anomalous rows: `late` (before the first alarm of their anomaly segment), `gap` (after it, once
+    the alarm has closed again), `never` (in a segment with no alarm at all). False-alarm rows: `early` (an
+    alarm that opened before an anomaly and runs into it), `overrun` (an alarm that outlasts the anomaly it
+    overlaps), `alone` (an alarm that overlaps no anomaly).
+    """
+    a = np.asarray(anomaly)[train_rows:] == 1
+    p = np.asarray(pred)[train_rows:].astype(bool)
+    out = dict.fromkeys(("late", "gap", "never", "early", "overrun", "alone"), 0)
+    for s, e in _runs(a):
+        hit = np.flatnonzero(p[s:e])
+        if not hit.size:
+            out["never"] += e - s
+        else:
+            out["late"] += int(hit[0])
+            out["gap"] += int(np.count_nonzero(~p[s + hit[0]:e]))
+    for s, e in _runs(p):
+        inside = np.flatnonzero(a[s:e])
+        if not inside.size:
+            out["alone"] += e - s
+            continue
+        out["early"] += int(np.count_nonzero(~a[s:s + inside[0]]))
+        out["overrun"] += int(np.count_nonzero(~a[s + inside[0]:e]))
+    return out
+
+
 def evaluate(files: list[SkabFile], preds: list[np.ndarray]) -> dict:
     """SKAB metrics of per-row predictions: pooled over all files, per subset and per file."""
     evals = [evaluate_file(f.ts, f.anomaly, f.changepoint, p) for f, p in zip(files, preds)]
@@ -138,6 +172,8 @@ def diagnose(files: list[SkabFile], outs: list[EngineOutput]) -> dict:
         "raises_in_anomaly": sum(d["raises_in_anomaly"] for d in per_file.values()),
         "raise_channels_anomaly": dict(channels.most_common()),
         "raise_channels_normal": dict(channels_normal.most_common()),
+        "error_rows": dict(sum((Counter(error_buckets(f.anomaly, o.alerting)) for f, o in zip(files, outs)),
+                               Counter())),
         "episodes_test": sum(d["episodes_test"] for d in per_file.values()),
         "false_alarm_rows": {
             k: sum(d["false_alarm_rows"][k] for d in per_file.values()) for k in ("before_onset", "recovery", "later")
