@@ -403,8 +403,6 @@ class Decoder:
             return None
         if self.channels is None:
             self.channels = values.shape[1]
-            if names is not None:
-                self.channel_names = names
         elif values.shape[1] != self.channels:
             return None
         if names is not None and self.channel_names is None:

@@ -573,8 +573,8 @@ class ScoringService:
             ))
         return outputs
 
-    def _scored_many(self, sensors: list[str], msgs: list) -> None:
-        """Bookkeeping for scored readings (sensor i read from msgs[i]): each sensor's partition, for checkpoints."""
+    def _note_partitions(self, sensors: list[str], msgs: list) -> None:
+        """Remember the partition each scored sensor was read from (sensor i from msgs[i]), for checkpoints."""
         partitions: dict[tuple[str, int], TopicPartition] = {}
         tps = []
         for msg in msgs:
@@ -585,7 +585,6 @@ class ScoringService:
         self._owner.update(zip(sensors, tps))  # the last reading of a sensor wins, as in input order
         if self.config.checkpoints_enabled:  # read and cleared by the next checkpoint; without one it would only grow
             self._touched.update(zip(sensors, tps))
-        self.stats.scored += len(sensors)
 
     def _score_readings(self, messages: list, decoded: Decoded, result: StepResult, engine_rows: np.ndarray,
                         outputs: list[Output]) -> dict[tuple[str, float], int]:
@@ -601,7 +600,8 @@ class ScoringService:
         sensor_ids = result.sensor_ids
         topic = cfg.scores_topic
         scored = np.flatnonzero(result.status == SCORED).tolist()
-        self._scored_many([sensor_ids[j] for j in scored], [messages[row_message[rows_of[j]]] for j in scored])
+        self._note_partitions([sensor_ids[j] for j in scored], [messages[row_message[rows_of[j]]] for j in scored])
+        self.stats.scored += len(scored)
         message_headers: dict[int, list[tuple[str, bytes]]] = {}
         scored_at: dict[tuple[str, float], int] = {}  # for the alerts' headers
         written = 0
@@ -656,8 +656,8 @@ class ScoringService:
                     groups.setdefault(result.sensor_ids[j], []).append(j)
             for sensor, rows in groups.items():
                 rows = np.asarray(rows)
-                self._scored_many([sensor], [msg])
-                self.stats.scored += len(rows) - 1
+                self._note_partitions([sensor], [msg])
+                self.stats.scored += len(rows)
                 rows = rows[released[rows]]
                 if rows.size == 0:
                     continue
@@ -886,12 +886,11 @@ class ScoringService:
             sent = await self._send_batches([*outputs, *ckpt])  # record batches join the transaction too
             # every record acknowledged before the offsets join the transaction and it commits (aiokafka can
             # commit a transaction whose batch failed; never let that happen)
-            waits = [f for _, f in sent if isinstance(f, asyncio.Future)]
-            for res in [f for _, f in sent if isinstance(f, BaseException)] + await asyncio.gather(
-                *waits, return_exceptions=True
-            ):
-                if isinstance(res, BaseException):
-                    raise res
+            failed = [f for _, f in sent if isinstance(f, BaseException)]
+            acks = await asyncio.gather(*(f for _, f in sent if isinstance(f, asyncio.Future)), return_exceptions=True)
+            failed += [ack for ack in acks if isinstance(ack, BaseException)]
+            if failed:
+                raise failed[0]
             crash_point("produced")
             if mine:
                 await producer.send_offsets_to_transaction(mine, cfg.group_id)
