@@ -100,12 +100,15 @@ def broker_for(args: argparse.Namespace) -> Iterator[str]:
 
 
 def prepare_run(model_name: str):  # noqa: ANN201 - a detector Model
-    """One torch thread, quiet client logs, and the model to serve (an untrained GRU if it cannot load)."""
+    """One torch thread, the service's garbage-collector setting, quiet client logs, and the model to serve
+    (an untrained GRU if it cannot load): the service runs in this process, set up as `hiddenstate serve` is."""
     import torch
 
+    from consumers.service import tune_gc
     from detector.model_store import load_model, untrained
 
     torch.set_num_threads(1)
+    tune_gc()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     # transient on a fresh broker (e.g. the group coordinator still loading); a real failure raises
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -1,7 +1,8 @@
 """Where the service's time per reading goes, by input format, without a broker.
 
-Runs the `ScoringService`'s own per-batch steps on messages built in memory, exactly as `process`
-does between a poll and the sends: decode (`Decoder.decode`), score (`Engine.step`, in its worker
+Runs the `ScoringService`'s own per-batch steps on messages built in memory (with the service's
+garbage-collector setting, `consumers.service.tune_gc`), exactly as `process` does between a poll and
+the sends: decode (`Decoder.decode`), score (`Engine.step`, in its worker
 thread) and build the outputs (`_outputs`: score records, dead letters, alerts). Kafka's own costs
 (fetching, the producer's record batches, round trips, the broker sharing the cores) are not in
 these figures; `kafka_e2e.py` measures the whole path. The service's CPU time per reading is the
@@ -42,7 +43,7 @@ from aiokafka.structs import ConsumerRecord  # noqa: E402
 from benchmarks.kafka_e2e import batched_messages, command_line, reading, write_results  # noqa: E402
 from benchmarks.machine import cpu_model  # noqa: E402
 from consumers.config import ServiceConfig  # noqa: E402
-from consumers.service import ScoringService  # noqa: E402
+from consumers.service import ScoringService, tune_gc  # noqa: E402
 from detector.config import DetectorConfig  # noqa: E402
 
 FORMATS = {  # name: (readings per message, max_batch, columnar, score_records)
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results directory")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    tune_gc()  # as `hiddenstate serve` does
     machine = {"cpu": cpu_model(), "load": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
                "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     rows = []

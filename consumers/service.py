@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import signal
 import time
@@ -1085,12 +1086,29 @@ class ScoringService:
         return fields
 
 
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc() -> None:
+    """Let Python's cycle collector look at new objects every 20,000 allocations, not every 700 (its default).
+
+    A micro-batch of thousands of readings keeps tens of thousands of small containers alive until its
+    outputs are sent (parsed JSON, score documents, headers); at the default threshold the collector runs
+    dozens of times per batch and walks all of them each time: about a third of the service's CPU per
+    reading (`benchmarks/service_phases.py`: 23 → 15 µs for one reading per message). Those objects are
+    freed by reference counting anyway; the collector is only needed for cycles. Never lowers a threshold.
+    """
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
+
+
 async def serve(config: ServiceConfig, model: Model | None = None, install_signals: bool = True) -> int:
     """Run the service until SIGTERM/SIGINT (or `start_timeout_seconds` at start); returns an exit status.
 
     0: stopped cleanly within `grace_seconds`; 1: the grace period ran out (the uncommitted
     batch is consumed again by the next owner); 2: the broker was never reachable, or refused this client.
     """
+    tune_gc()
     service = ScoringService(config, model)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

@@ -148,3 +148,20 @@ def test_security_and_limit_settings_are_checked():
         load_service_config(sensor_id_pattern="[a-")
     with pytest.raises(ConfigError, match="max_key_bytes"):
         load_service_config(max_key_bytes=0)
+
+
+def test_tune_gc_raises_the_young_generation_threshold_and_never_lowers_it():
+    import gc
+
+    from consumers.service import GC_GEN0_THRESHOLD, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, 10, 10)
+        gc.set_threshold(GC_GEN0_THRESHOLD * 5, 10, 10)
+        tune_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD * 5, 10, 10)
+    finally:
+        gc.set_threshold(*before)
