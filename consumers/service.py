@@ -1095,8 +1095,8 @@ def tune_gc() -> None:
     A micro-batch of thousands of readings keeps tens of thousands of small containers alive until its
     outputs are sent (parsed JSON, score documents, headers); at the default threshold the collector runs
     dozens of times per batch and walks all of them each time: about a third of the service's CPU per
-    reading (`benchmarks/service_phases.py`: 23 → 15 µs for one reading per message). Those objects are
-    freed by reference counting anyway; the collector is only needed for cycles. Never lowers a threshold.
+    reading with one reading per message (docs/performance.md). Those objects are freed by reference
+    counting anyway; the collector is only needed for cycles. Never lowers a threshold.
     """
     gen0, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(gen0, GC_GEN0_THRESHOLD), gen1, gen2)
