@@ -39,14 +39,12 @@ import copy  # noqa: E402
 import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -55,9 +53,9 @@ import torch  # noqa: E402
 from detector import Detector, calibration  # noqa: E402
 from detector.errors import ModelError  # noqa: E402
 from detector.model_store import Model, load_model, untrained  # noqa: E402
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
+import machine  # noqa: E402  (benchmarks/machine.py, next to this script)
 from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
-from report import table_and_notes  # noqa: E402  (benchmarks/report.py)
+import report  # noqa: E402  (benchmarks/report.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SENSORS = [1_000, 10_000, 100_000, 1_000_000]
@@ -336,25 +334,19 @@ def fill(det: Detector, stream: Stream) -> None:
 
 
 def machine_info() -> dict:
-    cpu = cpu_model()
     try:
         import river
 
         river_version = river.__version__
     except ImportError:
         river_version = None
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "river": river_version,
-        "torch_threads": torch.get_num_threads(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    }
+    return machine.machine_info(
+        torch=torch.__version__,
+        numpy=np.__version__,
+        river=river_version,
+        torch_threads=torch.get_num_threads(),
+        affinity_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -561,29 +553,10 @@ def notes(results: dict) -> list[str]:
 
 
 def print_table(results: dict) -> None:
-    rows = table_rows(results)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        model = results["model"]
-        label = model["id"].split(" (")[0]
-        table = Table(title=f"Engine throughput ({label} GRU {model['layers']}x{model['hidden_size']}, 1 torch thread)")
-        for h in HEADERS:
-            table.add_column(h, justify="right")
-        for r in rows:
-            table.add_row(*r)
-        console = Console(width=max(Console().width, 140))
-        console.print(table)
-        for line in notes(results):
-            console.print(line, markup=False)
-    except ImportError:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-        print("  ".join(h.rjust(w) for h, w in zip(HEADERS, widths)))
-        for r in rows:
-            print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-        for line in notes(results):
-            print(line)
+    model = results["model"]
+    label = model["id"].split(" (")[0]
+    title = f"Engine throughput ({label} GRU {model['layers']}x{model['hidden_size']}, 1 torch thread)"
+    report.print_table(title, HEADERS, table_rows(results), notes(results))
 
 
 def markdown(results: dict) -> str:
@@ -606,7 +579,7 @@ def markdown(results: dict) -> str:
         f"each fleet filled first (every sensor >= {min(f['min_readings_per_sensor_before_timing'] for f in results['fleets'])} "
         "readings) so that every timed reading is scored and calibrated.",
         "",
-        *table_and_notes(HEADERS, table_rows(results), notes(results)),
+        *report.table_and_notes(HEADERS, table_rows(results), notes(results)),
     ]
     return "\n".join(lines) + "\n"
 

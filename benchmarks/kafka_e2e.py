@@ -38,7 +38,6 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import multiprocessing as mp  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -46,7 +45,6 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -54,7 +52,7 @@ import orjson  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks import machine  # noqa: E402
 SCRIPT = ROOT / "scripts" / "kafka.sh"
 RESULTS = ROOT / "benchmarks" / "results"
 T0 = 1_700_000_000.0
@@ -471,17 +469,8 @@ def machine_info() -> dict:
     import aiokafka
     import torch
 
-    cpu = cpu_model()
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "aiokafka": aiokafka.__version__,
-        "kafka": os.environ.get("KAFKA_VERSION", "4.4.0"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return machine.machine_info(torch=torch.__version__, aiokafka=aiokafka.__version__,
+                                kafka=os.environ.get("KAFKA_VERSION", "4.4.0"))
 
 
 def markdown(res: dict) -> str:

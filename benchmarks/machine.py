@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -15,3 +17,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine_info(**extra: object) -> dict:
+    """CPU, logical CPUs, load average now, Python version and UTC date, plus the benchmark's own `extra` fields."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }

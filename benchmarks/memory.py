@@ -41,18 +41,16 @@ import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
+import machine  # noqa: E402  (benchmarks/machine.py, next to this script)
 from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
-from report import table_and_notes  # noqa: E402  (benchmarks/report.py)
+import report  # noqa: E402  (benchmarks/report.py)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SENSORS = [1_000, 10_000, 100_000, 1_000_000, 10_000_000]
@@ -213,15 +211,9 @@ def machine_info() -> dict:
         for line in f:
             if line.startswith("MemTotal:"):
                 mem = int(line.split()[1]) * 1024
-    return {
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "memory_bytes": mem,
-        "load_average_at_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},  # glibc tuning, if any
-    }
+    # glibc tuning, if any
+    return machine.machine_info(memory_bytes=mem, malloc_env={k: v for k, v in os.environ.items()
+                                                              if k.startswith("MALLOC_")})
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -346,30 +338,9 @@ def notes(results: dict) -> list[str]:
 
 
 def print_table(results: dict) -> None:
-    rows = table_rows(results)
     m = results["model"]
     title = f"Memory per sensor ({m['model']}, GRU {m['layers']}x{m['hidden_size']}, univariate)"
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for h in HEADERS:
-            table.add_column(h, justify="right")
-        for r in rows:
-            table.add_row(*r)
-        console = Console(width=max(Console().width, 160))
-        console.print(table)
-        for line in notes(results):
-            console.print(line, markup=False)
-    except ImportError:
-        print(title)
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(HEADERS)]
-        print("  ".join(h.rjust(w) for h, w in zip(HEADERS, widths)))
-        for r in rows:
-            print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
-        for line in notes(results):
-            print(line)
+    report.print_table(title, HEADERS, table_rows(results), notes(results), width=160)
 
 
 def markdown(results: dict) -> str:
@@ -388,7 +359,7 @@ def markdown(results: dict) -> str:
         f"- Each fleet size in a fresh process; every sensor gets {s['readings_per_sensor']} readings in batches of "
         f"up to {s['batch']:,} distinct sensors; ids `sensor-0000123` made per batch (the engine keeps no id strings).",
         "",
-        *table_and_notes(HEADERS, table_rows(results), notes(results)),
+        *report.table_and_notes(HEADERS, table_rows(results), notes(results)),
     ]
     return "\n".join(lines) + "\n"
 

@@ -30,10 +30,8 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka.structs import ConsumerRecord  # noqa: E402
 
 from benchmarks.kafka_e2e import batched_messages, command_line, reading, write_results  # noqa: E402
-from benchmarks.machine import cpu_model  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
 from consumers.config import ServiceConfig  # noqa: E402
 from consumers.service import ScoringService, tune_gc  # noqa: E402
 from detector.config import DetectorConfig  # noqa: E402
@@ -105,7 +103,9 @@ def markdown(res: dict) -> str:
     lines = [
         "# Service time per reading, by input format (no broker)",
         "",
-        f"- Machine: {m['cpu']}, load average at start {m['load']}; torch {m['torch']} (1 thread)",
+        f"- Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs), load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}; Python {m['python']}, torch {m['torch']} "
+        "(1 thread)",
         f"- Date: {m['date']}",
         f"- Reproduce: `{res['command']}`",
         "",
@@ -140,16 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     tune_gc()  # as `hiddenstate serve` does
-    machine = {"cpu": cpu_model(), "load": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-               "torch": torch.__version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    machine = machine_info(torch=torch.__version__)
     rows = []
     for fmt in FORMATS:
         r = run_format(fmt, args.readings, args.sensors)
         print(f"{fmt:9s} decode {r['decode_us']:.2f} engine {r['engine_us']:.2f} outputs {r['outputs_us']:.2f} "
               f"total {r['total_us']:.2f} µs/reading → {r['ceiling_readings_per_s']:,.0f}/s", flush=True)
         rows.append(r)
-    res = {"machine": machine, "command": command_line("service_phases.py", argv), "formats": rows,
-           "median_load": float(np.median(os.getloadavg()))}
+    res = {"machine": machine, "command": command_line("service_phases.py", argv), "formats": rows}
     write_results(args.out, "service_phases", res, markdown(res))
     return 0
 
