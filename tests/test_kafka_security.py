@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumers.broker_access import BrokerAccessError
@@ -34,7 +34,7 @@ from consumers.config import ServiceConfig
 from consumers.service import ScoringService, serve
 from detector.config import DetectorConfig
 from detector.model_store import untrained
-from tests.kafka_broker import SCRIPT, header, unique_name
+from tests.kafka_broker import SCRIPT, header, topic_partitions, unique_name
 from tests.tls_certs import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,11 +117,7 @@ async def _read(cfg: ServiceConfig, topic: str, count: int, timeout: float = 60.
     await consumer.start()
     out: list = []
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in parts])
+        consumer.assign(await topic_partitions(consumer, topic))
         await consumer.seek_to_beginning()
         async with asyncio.timeout(timeout):
             while len(out) < count:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -35,6 +35,7 @@ from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     kafka_bootstrap,
     produce,
     read_all,
+    topic_partitions,
     unique_name,
     wait_committed,
 )
@@ -130,12 +131,7 @@ async def read_topic(bootstrap: str, topic: str, committed_only: bool, timeout: 
     await consumer.start()
     out: list = []
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = await consumer.end_offsets(tps)
+        ends = await consumer.end_offsets(await topic_partitions(consumer, topic))
         todo = {tp: e for tp, e in ends.items() if e > 0}
         if not todo:
             return out
@@ -153,6 +149,16 @@ async def read_topic(bootstrap: str, topic: str, committed_only: bool, timeout: 
                 out.extend(r for r in records if r.offset < todo[tp])
     finally:
         await consumer.stop()
+
+
+async def run_until_restored(service: ScoringService, timeout: float = 60.0) -> None:
+    """Run a started service until it has restored from the changelog once (or `timeout` s), then stop it."""
+    task = asyncio.create_task(service.run())
+    deadline = time.monotonic() + timeout
+    while service.checkpoint_stats.restores == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    service.request_stop()
+    await asyncio.wait_for(task, 30)
 
 
 def test_crash_point_setting_is_checked():
@@ -431,12 +437,7 @@ def test_changelog_is_compacted_to_one_record_per_sensor(kafka_bootstrap, model,
             await asyncio.sleep(1.0)
         caplog.set_level(logging.INFO, logger="hiddenstate.serve")
         async with ScoringService(cfg, model) as restorer:  # a restart: restores from the compacted changelog
-            task = asyncio.create_task(restorer.run())
-            deadline = time.monotonic() + 60
-            while restorer.checkpoint_stats.restores == 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            restorer.request_stop()
-            await asyncio.wait_for(task, 30)
+            await run_until_restored(restorer)
         restored = restorer.engine.export_state(ids) if restorer.engine is not None else None
         return created, tuned, written, latest, ends, records, per_key, restorer, restored
 
@@ -566,12 +567,7 @@ def test_model_change_keeps_statistics(kafka_bootstrap, model):
                                                                  for i, r in enumerate(bad_records)]
         await produce(kafka_bootstrap, cfg.changelog_name, msgs, partition_of={k: 0 for k, _ in msgs})
         async with ScoringService(cfg, model) as service:
-            task = asyncio.create_task(service.run())
-            deadline = time.monotonic() + 60
-            while service.checkpoint_stats.restores == 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            service.request_stop()
-            await asyncio.wait_for(task, 30)
+            await run_until_restored(service)
         return service
 
     stats = asyncio.run(scenario()).checkpoint_stats

@@ -126,6 +126,13 @@ def test_id_map_survives_growth_removal_and_reuse():
     assert m.nbytes / len(m) <= 64  # load 1/4..1/2; a dict of str ids costs ~100 B per entry plus the strings
 
 
+def test_id_hashes_never_take_the_keys_reserved_for_empty_and_deleted_entries():
+    from detector.id_map import hash_ids
+
+    # Python hashes small ints to themselves (and -1 to -2): 0 and 1 are the reserved keys, nothing else moves
+    assert hash_ids([0, 1, -1, 2, 3, -3]).tolist() == [2, 3, -2, 2, 3, -3]
+
+
 def test_id_map_stays_between_a_quarter_and_half_full_as_it_grows():
     from detector.id_map import IdMap, hash_ids
 
