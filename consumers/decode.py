@@ -40,6 +40,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from enum import Enum
 from numbers import Real
 
@@ -137,9 +138,9 @@ class Decoded:
         except (ValueError, TypeError, RecursionError):  # too deeply nested to write back: keep the whole message
             return original
 
-    @property
+    @cached_property
     def engine_rows(self) -> np.ndarray:
-        """Indices of the messages that go to the engine (scored or rejected there)."""
+        """Indices of the rows that go to the engine (scored or rejected there); read once the batch is decoded."""
         return np.array([i for i, d in enumerate(self.dead) if d is None], dtype=np.int64)
 
 
