@@ -50,9 +50,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from detector import Detector, calibration  # noqa: E402
+from detector import Detector  # noqa: E402
+from detector.scoring import calibration  # noqa: E402
 from detector.errors import ModelError  # noqa: E402
-from detector.model_store import Model, load_model, untrained  # noqa: E402
+from detector.model.store import Model, load_model, untrained  # noqa: E402
 import machine  # noqa: E402  (benchmarks/machine.py, next to this script)
 from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
 import report  # noqa: E402  (benchmarks/report.py)

@@ -42,7 +42,7 @@ from consumers.config import ServiceConfig  # noqa: E402
 from consumers.service import ScoringService  # noqa: E402
 from detector.config import DetectorConfig  # noqa: E402
 from detector.errors import ModelError  # noqa: E402
-from detector.model_store import load_model, untrained  # noqa: E402
+from detector.model.store import load_model, untrained  # noqa: E402
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, next to this script)
 
 RESULTS = Path(__file__).resolve().parent / "results"

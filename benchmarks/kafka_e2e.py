@@ -103,7 +103,7 @@ def prepare_run(model_name: str):  # noqa: ANN201 - a detector Model
     import torch
 
     from consumers.service import tune_gc
-    from detector.model_store import load_model, untrained
+    from detector.model.store import load_model, untrained
 
     torch.set_num_threads(1)
     tune_gc()

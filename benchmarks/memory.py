@@ -114,7 +114,7 @@ def measure_fleet(n: int, model_name: str, hidden: int, layers: int, readings: i
     import torch
 
     from detector import Detector
-    from detector.model_store import load_model, untrained
+    from detector.model.store import load_model, untrained
 
     torch.set_num_threads(1)
     model = untrained(hidden, layers) if model_name == "untrained" else load_model(model_name)

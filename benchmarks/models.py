@@ -33,11 +33,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from detector import calibration  # noqa: E402
-from detector.model_store import Model, load_model, shipped_model_names  # noqa: E402
-from detector.networks import masked_nll  # noqa: E402
-from detector.synthetic import Fleet  # noqa: E402
-from detector.training import _split, prepare, previous_value, targets_and_mask  # noqa: E402
+from detector.scoring import calibration  # noqa: E402
+from detector.model.store import Model, load_model, shipped_model_names  # noqa: E402
+from detector.model.networks import masked_nll  # noqa: E402
+from detector.readings.synthetic import Fleet  # noqa: E402
+from detector.model.training import _split, prepare, previous_value, targets_and_mask  # noqa: E402
 from engine import RESULTS, Runner, Stream, engine_batches, fill, make_detector, measure  # noqa: E402
 from machine import cpu_model  # noqa: E402
 

@@ -31,17 +31,13 @@ from aiokafka.errors import (
 )
 
 from consumers.config import ServiceConfig
-from detector.errors import HiddenstateError
+from consumers.errors import BrokerAccessError
 
 CONNECT_TIMEOUT = 10.0
 ALERT_WAIT = 1.0  # how long to wait after the handshake for a TLS 1.3 alert about our certificate
 
 _REFUSED = (SaslAuthenticationFailed, AuthenticationFailedError, AuthenticationMethodNotSupported,
             UnsupportedSaslMechanismError)
-
-
-class BrokerAccessError(HiddenstateError):
-    """The broker refuses this client (TLS trust, client certificate or SASL credentials); retrying cannot help."""
 
 
 def first_bootstrap(config: ServiceConfig) -> tuple[str, int]:

@@ -47,7 +47,7 @@ from numbers import Real
 import numpy as np
 import orjson
 
-from detector.validation import (
+from detector.readings.coerce import (
     MAX_ABS_VALUE,
     SCORED,
     RejectReason,

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from consumers.decode import DeadLetterReason
-from detector.validation import RejectReason
+from detector.readings.coerce import RejectReason
 
 if TYPE_CHECKING:
     from consumers.service import ScoringService

@@ -61,25 +61,22 @@ from consumers.checkpoints import (
     marker_key,
     read_changelog,
 )
-from consumers.broker_access import BrokerAccessError, diagnose
+from consumers.broker_access import diagnose
+from consumers.errors import BrokerAccessError, StopRequested
 from consumers.config import ServiceConfig
 from consumers.crash import crash_point
 from consumers.decode import ENGINE_DETAILS, Decoded, Decoder, DeadLetterReason
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics
-from detector import __version__
+from detector.version import __version__
 from detector.engine import Engine, StepResult
-from detector.model_store import Model, load_model
-from detector.validation import SCORED, RejectReason
+from detector.model.store import Model, load_model
+from detector.readings.coerce import SCORED, RejectReason
 
 log = logging.getLogger("hiddenstate.serve")
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 OUTPUT_BATCH_BYTES = 262_144
 """Record batch size of the producer (outputs are sent as batches of up to this many bytes per partition)."""
-
-
-class StopRequested(Exception):
-    """Raised inside the service when a stop was requested while it waited on the broker."""
 
 
 @dataclass(slots=True)

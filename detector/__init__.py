@@ -2,15 +2,15 @@
 
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig, load_config
-from detector.detector import Detector, Score
+from detector.api import Detector, Score
 from detector.engine import Engine, StepResult
 from detector.errors import ConfigError, HiddenstateError, InputFileError, ModelError
-from detector.model_store import Model, load_model, save_model
-from detector.validation import RejectReason
-
-__version__ = "0.1.0"
+from detector.model.store import Model, load_model, save_model
+from detector.readings.coerce import RejectReason
+from detector.version import __version__
 
 __all__ = [
+    "__version__",
     "AlertEvent",
     "AlertKind",
     "ConfigError",

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from detector import alerts, calibration, correlation, flatline, levels, normalise, thresholds
+from detector import alerts
+from detector.scoring import calibration, correlation, flatline, levels, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.errors import ModelError
-from detector.networks import Network
-from detector.state_codec import StateCodec
-from detector.state_pool import Rows, StatePool
-from detector.validation import MAX_ABS_VALUE, SCORED, RejectReason
+from detector.model.networks import Network
+from detector.state.codec import StateCodec
+from detector.state.pool import Rows, StatePool
+from detector.readings.coerce import MAX_ABS_VALUE, SCORED, RejectReason
 
 
 @dataclass

@@ -19,13 +19,13 @@ import sys
 
 import atheris
 
-with atheris.instrument_imports(include=["consumers", "detector.validation"]):
+with atheris.instrument_imports(include=["consumers", "detector.readings.coerce"]):
     from aiokafka.structs import ConsumerRecord
 
     from consumers.config import ServiceConfig
     from consumers.service import ScoringService
     from detector.config import DetectorConfig
-    from detector.model_store import untrained
+    from detector.model.store import untrained
 
 SERVICE = ScoringService(
     ServiceConfig(max_message_bytes=4096, max_key_bytes=64, max_channels=4, checkpoints_enabled=False,

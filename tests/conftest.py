@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detector.model_store import Model, untrained
+from detector.model.store import Model, untrained
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector import alerts, calibration
+from detector import alerts
+from detector.scoring import calibration
 
 
 def _run(pattern: str, k: int = 3, n: int = 5, m: int = 4) -> list[str]:

@@ -9,9 +9,10 @@ import pytest
 
 from detector.cli import main
 from detector.config import DetectorConfig
-from detector.demo import DemoReport, DemoSnapshot, format_report, run_demo
-from detector.model_store import untrained
-from detector.synthetic import AnomalyKind
+from detector.demo import run_demo
+from detector.evaluation import DemoReport, DemoSnapshot, format_report
+from detector.model.store import untrained
+from detector.readings.synthetic import AnomalyKind
 
 SENSORS = 200
 STEPS = 1200

@@ -13,7 +13,7 @@ import math
 from detector.cli import main
 from detector.config import DetectorConfig
 from detector.demo import run_demo
-from detector.kafka_demo import run_kafka_demo
+from consumers.commands.kafka_demo import run_kafka_demo
 from tests.kafka_broker import kafka_bootstrap  # noqa: F401 - a fixture
 
 

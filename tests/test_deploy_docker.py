@@ -5,7 +5,7 @@ No Docker engine runs here, so the image is not built in CI. What is checked ins
   HIDDENSTATE_REQUIRE_DEPLOY_TOOLS=1 (CI), which turns a missing binary into a failure;
 - every COPY source exists and is let through by .dockerignore, and the build context holds what the
   wheel needs (pyproject's readme, the packages, the shipped models);
-- the ENTRYPOINT is `hiddenstate serve`, the console script that runs `detector.serve_command`, the module
+- the ENTRYPOINT is `hiddenstate serve`, the console script that runs `consumers.commands.serve`, the module
   the end-to-end Kafka tests start; no CMD (the Deployment passes only args);
 - the runtime user, port and writable paths agree with deploy/k8s (runAsUser, containerPort, the /tmp
   emptyDir), and everything the process may write (HOME, TMPDIR, MPLCONFIGDIR) is under /tmp.
@@ -237,13 +237,13 @@ def test_entrypoint_is_hiddenstate_serve_the_command_the_tests_run():
     entrypoint = exec_form("ENTRYPOINT")
     assert entrypoint == ["hiddenstate", "serve"]
     assert exec_form("CMD") in (None, []), "no CMD: the Deployment's args are the only arguments"
-    # `hiddenstate` is the console script of detector.cli, whose `serve` is detector.serve_command ...
+    # `hiddenstate` is the console script of detector.cli, whose `serve` is consumers.commands.serve ...
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts[entrypoint[0]] == "detector.cli:main"
     from detector.cli import COMMANDS
 
     module = COMMANDS[entrypoint[1]][0]
-    assert module == "detector.serve_command"
+    assert module == "consumers.commands.serve"
     # ... which is what the end-to-end Kafka tests start as a process
     assert f'"-m", "{module}"' in (ROOT / "tests" / "test_serve_kafka.py").read_text()
     # and the console script accepts the arguments the Deployment gives it

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector import Detector, Model, ModelError
-from detector.networks import Network, build_network
+from detector.model.networks import Network, build_network
 from tests.test_engine import CONFIG, _stream, score_in_cuts
 
 K = 3

@@ -24,7 +24,7 @@ from consumers.config import ServiceConfig
 from consumers.decode import DeadLetterReason
 from consumers.service import ScoringService
 from detector.config import DetectorConfig
-from detector.model_store import untrained
+from detector.model.store import untrained
 
 MODEL = untrained(8, 1, seed=5)
 TOPIC = "sensor-readings"

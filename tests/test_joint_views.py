@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
-from detector import Detector, DetectorConfig, correlation, levels
+from detector import Detector, DetectorConfig
+from detector.scoring import correlation, levels
 from detector.alerts import AlertKind
-from detector.state_pool import StatePool
+from detector.state.pool import StatePool
 
 
 def _settled_levels(channels: int, z: float) -> np.ndarray:

@@ -33,7 +33,7 @@ from consumers.broker_access import BrokerAccessError
 from consumers.config import ServiceConfig
 from consumers.service import ScoringService, serve
 from detector.config import DetectorConfig
-from detector.model_store import untrained
+from detector.model.store import untrained
 from tests.kafka_broker import SCRIPT, header, topic_partitions, unique_name
 from tests.tls_certs import Pki, make_pki
 
@@ -233,7 +233,7 @@ def test_serve_command_wrong_password_from_a_file_exits_2_and_never_logs_it(secu
                HIDDENSTATE_SSL_CAFILE=str(pki.ca), HIDDENSTATE_SSL_CERTFILE=str(pki.client_cert),
                HIDDENSTATE_SSL_KEYFILE=str(pki.client_key), HIDDENSTATE_CHANNELS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "detector.serve_command", "--bootstrap", secure_broker.bootstrap, "--metrics-port", "0",
+        [sys.executable, "-m", "consumers.commands.serve", "--bootstrap", secure_broker.bootstrap, "--metrics-port", "0",
          "--metrics-address", "127.0.0.1", "--log-format", "json", "--log-level", "DEBUG"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector import Detector, DetectorConfig, levels
-from detector.state_pool import StatePool
+from detector import Detector, DetectorConfig
+from detector.scoring import levels
+from detector.state.pool import StatePool
 
 
 def _first_alert(model, config: DetectorConfig, values: np.ndarray, start: int) -> int:

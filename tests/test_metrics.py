@@ -24,9 +24,9 @@ from consumers.config import ServiceConfig
 from consumers.logs import configure_logging
 from consumers.metrics import ArrayHistogram, HttpEndpoints
 from consumers.service import ScoringService, StopRequested
-from detector import __version__
+from detector.version import __version__
 from detector.config import DetectorConfig
-from detector.model_store import untrained
+from detector.model.store import untrained
 
 ROOT = Path(__file__).resolve().parent.parent
 DETECTOR = DetectorConfig(channels=1)
@@ -337,7 +337,7 @@ def test_serve_command_logs_json_and_never_the_password(tmp_path):
     env.update(HIDDENSTATE_SECURITY_PROTOCOL="SASL_PLAINTEXT", HIDDENSTATE_SASL_MECHANISM="PLAIN",
                HIDDENSTATE_SASL_USERNAME="hs-user", HIDDENSTATE_SASL_PASSWORD=SECRET,
                HIDDENSTATE_RETRY_INITIAL_SECONDS="0.2", HIDDENSTATE_RETRY_MAX_SECONDS="0.4")
-    cmd = [sys.executable, "-m", "detector.serve_command", "--bootstrap", f"127.0.0.1:{_free_port()}",
+    cmd = [sys.executable, "-m", "consumers.commands.serve", "--bootstrap", f"127.0.0.1:{_free_port()}",
            "--start-timeout", "2", "--log-format", "json", "--log-level", "DEBUG", "--model", "gru-default",
            "--metrics-address", "127.0.0.1", "--metrics-port", "0"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -353,7 +353,7 @@ def test_serve_command_logs_json_and_never_the_password(tmp_path):
 
 
 def test_invalid_log_format_from_the_environment_is_a_config_error():
-    from detector.serve_command import main
+    from consumers.commands.serve import main
 
     os.environ["HIDDENSTATE_LOG_FORMAT"] = "xml"
     try:

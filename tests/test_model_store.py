@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from detector import Detector, ModelError, load_model, save_model
-from detector.model_store import Model, shipped_model_names, untrained
-from detector.networks import GRUForecaster
+from detector.model.store import Model, shipped_model_names, untrained
+from detector.model.networks import GRUForecaster
 
 
 def test_save_and_load_round_trip_gives_identical_scores(tmp_path):

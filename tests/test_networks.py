@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from detector import Detector
-from detector.model_store import Model, load_model, save_model
-from detector.networks import (
+from detector.model.store import Model, load_model, save_model
+from detector.model.networks import (
     ACTIVATIONS,
     ARCHITECTURES,
     FEATURES,
@@ -358,7 +358,7 @@ def test_untrained_forecasters_predict_no_change():
 def test_every_shipped_model_loads_beats_persistence_is_small_and_documented():
     from pathlib import Path
 
-    from detector.model_store import shipped_model_names, shipped_models_dir
+    from detector.model.store import shipped_model_names, shipped_models_dir
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "models.md").read_text()
     names = shipped_model_names()

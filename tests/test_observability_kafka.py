@@ -303,7 +303,7 @@ def test_serve_command_json_logs_metrics_and_no_secret(kafka_bootstrap, model_di
         ends = await end_offsets(kafka_bootstrap, topics["in"])
         env = {k: v for k, v in os.environ.items() if not k.startswith("HIDDENSTATE_")}
         env["HIDDENSTATE_SASL_PASSWORD"] = secret  # unused with PLAINTEXT, but loaded into the config
-        cmd = [sys.executable, "-m", "detector.serve_command", "--bootstrap", kafka_bootstrap,
+        cmd = [sys.executable, "-m", "consumers.commands.serve", "--bootstrap", kafka_bootstrap,
                "--input-topic", topics["in"], "--scores-topic", topics["scores"], "--alerts-topic", topics["alerts"],
                "--dead-letter-topic", topics["dlq"], "--group", group, "--model", str(model_dir),
                "--max-batch", "100", "--poll-timeout-ms", "100", "--grace", "15",

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.config import ServiceConfig
 from consumers.service import ScoringService
 from detector.config import DetectorConfig
-from detector.model_store import untrained
+from detector.model.store import untrained
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "hiddenstate-rules.yml"

@@ -17,8 +17,9 @@ import orjson
 import pytest
 
 from consumers.decode import Decoder
-from detector import cli, produce_command
-from detector.produce_command import TokenBucket, encode_readings, load_files, produce_files
+from consumers.commands import produce as produce_command
+from detector import cli
+from consumers.commands.produce import TokenBucket, encode_readings, load_files, produce_files
 from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     create_topics,
     end_offsets,
@@ -179,7 +180,7 @@ def test_loop_shifts_timestamps_past_the_previous_pass(kafka_bootstrap, tmp_path
 def test_through_the_cli_command_table(kafka_bootstrap, tmp_path, monkeypatch, capsys):
     rows = write_csv(tmp_path / "fleet.csv", sensors=1, steps=3)
     topic = asyncio.run(_topic(kafka_bootstrap, 1))
-    monkeypatch.setitem(cli.COMMANDS, "produce", ("detector.produce_command", "replay files into a Kafka topic"))
+    monkeypatch.setitem(cli.COMMANDS, "produce", ("consumers.commands.produce", "replay files into a Kafka topic"))
     assert cli.main(["produce", str(tmp_path / "fleet.csv"), "--bootstrap", kafka_bootstrap, "--topic", topic]) == 0
     assert f"produced {len(rows)} messages" in capsys.readouterr().out
 
@@ -239,7 +240,7 @@ def test_loop_until_interrupted_prints_what_was_acknowledged(kafka_bootstrap, tm
     write_csv(tmp_path / "fleet.csv", sensors=2, steps=10)
     topic = asyncio.run(_topic(kafka_bootstrap, 1))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "detector.produce_command", str(tmp_path / "fleet.csv"), "--bootstrap",
+        [sys.executable, "-m", "consumers.commands.produce", str(tmp_path / "fleet.csv"), "--bootstrap",
          kafka_bootstrap, "--topic", topic, "--loop", "--rate", "200", "--quiet"],
         cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

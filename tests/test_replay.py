@@ -19,8 +19,8 @@ import pytest
 from detector.cli import main
 from detector.config import DetectorConfig
 from detector.errors import InputFileError
-from detector.model_store import save_model, shipped_models_dir, untrained
-from detector.readers import read_readings
+from detector.model.store import save_model, shipped_models_dir, untrained
+from detector.readings.files import read_readings
 from detector.replay import iso_times, replay_files
 
 T0 = 1_700_000_000.0
@@ -310,8 +310,8 @@ def test_replay_with_a_look_ahead_model_places_late_scores_on_their_rows(tmp_pat
     """bidir scores each reading 4 readings late: replay puts each score on its own row, the last 4 stay pending."""
     import torch
 
-    from detector.model_store import Model
-    from detector.networks import build_network
+    from detector.model.store import Model
+    from detector.model.networks import build_network
     from detector import Detector
     from detector.replay import PENDING
 

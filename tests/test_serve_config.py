@@ -91,7 +91,7 @@ def test_ssl_context_built_from_files(tmp_path):
 
 
 def test_serve_flags_reach_the_config(monkeypatch):
-    from detector import serve_command
+    from consumers.commands import serve as serve_command
 
     captured = {}
 

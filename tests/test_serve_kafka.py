@@ -24,7 +24,7 @@ from consumers.decode import Decoder
 from consumers.service import ScoringService, serve
 from detector.config import DetectorConfig
 from detector.engine import Engine
-from detector.model_store import Model, load_model, save_model, shipped_model_names, untrained
+from detector.model.store import Model, load_model, save_model, shipped_model_names, untrained
 from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     committed_offsets,
     create_topics,
@@ -365,7 +365,7 @@ def test_stop_while_waiting_for_the_broker_exits_cleanly(model):
 
 def _serve_command(bootstrap: str, topics: dict[str, str], group: str, model_dir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "detector.serve_command",
+        sys.executable, "-m", "consumers.commands.serve",
         "--bootstrap", bootstrap, "--input-topic", topics["in"], "--scores-topic", topics["scores"],
         "--alerts-topic", topics["alerts"], "--dead-letter-topic", topics["dlq"], "--group", group,
         "--model", str(model_dir), "--max-batch", "50", "--poll-timeout-ms", "100", "--grace", "15",

@@ -12,7 +12,7 @@ from aiokafka.structs import ConsumerRecord
 from consumers.config import ServiceConfig
 from consumers.service import ScoringService
 from detector.config import DetectorConfig
-from detector.model_store import load_model, shipped_model_names, untrained
+from detector.model.store import load_model, shipped_model_names, untrained
 
 T0 = 1_700_000_000.0
 

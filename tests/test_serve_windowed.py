@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from consumers.service import ScoringService
-from detector.model_store import Model
-from detector.networks import build_network
+from detector.model.store import Model
+from detector.model.networks import build_network
 from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     end_offsets,
     kafka_bootstrap,

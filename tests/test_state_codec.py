@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector import Detector, DetectorConfig
-from detector.model_store import untrained
+from detector.model.store import untrained
 from tests.conftest import noisy_sine
 
 CONFIG = DetectorConfig(warmup=20, threshold=0.99)

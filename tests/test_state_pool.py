@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detector import Detector, DetectorConfig
-from detector.state_pool import StatePool
+from detector.state.pool import StatePool
 
 
 def test_growth_keeps_existing_state_and_doubles():
@@ -112,7 +112,7 @@ def test_gather_and_scatter_round_trip_every_field():
 
 
 def test_id_map_survives_growth_removal_and_reuse():
-    from detector.id_map import IdMap, hash_ids
+    from detector.state.id_map import IdMap, hash_ids
 
     ids = [f"sensor-{i}" for i in range(20_000)]
     keys = hash_ids(ids)
@@ -127,14 +127,14 @@ def test_id_map_survives_growth_removal_and_reuse():
 
 
 def test_id_hashes_never_take_the_keys_reserved_for_empty_and_deleted_entries():
-    from detector.id_map import hash_ids
+    from detector.state.id_map import hash_ids
 
     # Python hashes small ints to themselves (and -1 to -2): 0 and 1 are the reserved keys, nothing else moves
     assert hash_ids([0, 1, -1, 2, 3, -3]).tolist() == [2, 3, -2, 2, 3, -3]
 
 
 def test_id_map_stays_between_a_quarter_and_half_full_as_it_grows():
-    from detector.id_map import IdMap, hash_ids
+    from detector.state.id_map import IdMap, hash_ids
 
     keys = hash_ids([f"sensor-{i}" for i in range(300_000)])
     m = IdMap(8)
@@ -156,7 +156,7 @@ def test_float16_state_halves_the_network_share_of_a_row():
 def test_float16_state_keeps_detection_and_batching_invariance():
     """Half-precision state moves scores a little, not what is detected; batching still does not matter."""
     from detector import Detector
-    from detector.model_store import untrained
+    from detector.model.store import untrained
 
     model = untrained(16, 1, seed=1)
     rng = np.random.default_rng(4)

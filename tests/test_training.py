@@ -10,9 +10,9 @@ import torch
 
 from detector import Detector, load_model
 from detector.errors import HiddenstateError
-from detector.networks import Network
-from detector.synthetic import Fleet
-from detector.training import (
+from detector.model.networks import Network
+from detector.readings.synthetic import Fleet
+from detector.model.training import (
     Callbacks,
     TrainConfig,
     evaluate,
@@ -58,7 +58,7 @@ def test_tbptt_windows_count_each_step_once_and_backpropagate_k2_steps(monkeypat
     x = torch.randn(2, steps, 2)
     y = torch.randn(2, steps)
     cfg = _tiny(architecture="gru", k1=k1, k2=k2, lr=0.0)  # lr 0: the weights stay put, so states can be checked
-    from detector.training import _train_lanes, network_from_config
+    from detector.model.training import _train_lanes, network_from_config
 
     net = network_from_config(cfg)
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
@@ -153,7 +153,7 @@ def test_targets_follow_the_target_offset():
 def test_training_on_a_synthetic_signal_lowers_validation_loss_below_the_bound(fleet):
     """A small GRU learns the simulated fleet: validation NLL below 1.35 (the untrained network scores above 1.5)
     and MSE below persistence's (seeded, so the numbers are fixed: 1.29, and 1.09 against 1.19)."""
-    from detector.training import network_from_config
+    from detector.model.training import network_from_config
 
     x, y = fleet
     cfg = _tiny(hidden_size=8, epochs=5, k1=32, k2=32, batch_lanes=16, val_fraction=0.25, seed=0)
@@ -222,7 +222,7 @@ def test_resume_refuses_other_settings_or_data(fleet, tmp_path):
 def test_validation_holds_out_whole_sensors(fleet):
     x, y = fleet
     groups = np.repeat(np.arange(10), 2)  # 10 sensors of 2 channels each
-    from detector.training import _split
+    from detector.model.training import _split
 
     val, tr = _split(groups, 0.2, np.random.default_rng(0))
     assert len(val) == 4 and len(tr) == 16

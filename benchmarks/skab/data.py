@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.readers import read_readings
+from detector.readings.files import read_readings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "skab"

@@ -13,7 +13,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from detector.calibration import SIGMA_FLOOR
+from detector.scoring.calibration import SIGMA_FLOOR
 
 
 def is_anomalous(score: np.ndarray, count: np.ndarray, warmup: int, threshold: float) -> np.ndarray:

@@ -15,7 +15,7 @@ import asyncio
 import os
 import sys
 
-from detector.cli import add_detector_arguments, config_from_args
+from detector.cli.options import add_detector_arguments, config_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m detector.serve_command ...`: the same command without the `hiddenstate` wrapper."""
+    """`python -m consumers.commands.serve ...`: the same command without the `hiddenstate` wrapper."""
     from detector.errors import HiddenstateError
 
     parser = argparse.ArgumentParser(prog="hiddenstate serve", description=__doc__.splitlines()[0])

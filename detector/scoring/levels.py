@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.calibration import normal_cdf
+from detector.scoring.calibration import normal_cdf
 
 SPREAD_FLOOR = 0.05
 """Smallest spread of a level (in normalised units)."""

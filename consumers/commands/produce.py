@@ -2,7 +2,7 @@
 
     hiddenstate produce pump7.csv --bootstrap 127.0.0.1:9092 --topic sensor-readings --rate 1000
 
-Files are read exactly as `replay` and `train` read them (`detector.readers.read_readings`)
+Files are read exactly as `replay` and `train` read them (`detector.readings.files.read_readings`)
 and sent in timestamp order, one file after the other. Each reading becomes one JSON
 message keyed by its sensor id (so that a sensor's readings stay in one partition, in order):
 
@@ -40,17 +40,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from consumers.errors import ProduceError
 from detector.errors import HiddenstateError, InputFileError
-from detector.readers import Readings, read_readings
+from detector.readings.files import Readings, read_readings
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_TOPIC = "sensor-readings"
 ACK_WINDOW = 20_000
 """Most messages sent but not yet acknowledged; the producer waits for acks beyond this."""
-
-
-class ProduceError(HiddenstateError):
-    """The broker cannot be reached, or refuses the messages."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

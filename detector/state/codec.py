@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.state_pool import _FIELDS, Rows, StatePool
+from detector.state.pool import _FIELDS, Rows, StatePool
 
 MAGIC = b"HSST"
 FORMAT_VERSION = 1

@@ -22,8 +22,8 @@ import numpy as np
 from detector.alerts import AlertEvent
 from detector.config import DetectorConfig
 from detector.engine import Engine, EngineStats, StepResult
-from detector.model_store import Model, load_model
-from detector.validation import RejectReason, to_arrays
+from detector.model.store import Model, load_model
+from detector.readings.coerce import RejectReason, to_arrays
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from detector.errors import ModelError
-from detector.networks import GRUForecaster, Network, build_network
+from detector.model.networks import GRUForecaster, Network, build_network
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -52,7 +52,7 @@ def shipped_models_dir() -> Path:
     packaged = resources.files("detector") / "shipped_models"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 def shipped_model_names() -> list[str]:

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector import normalise
+from detector.scoring import normalise
 from detector.errors import HiddenstateError
-from detector.model_store import Model
-from detector.networks import Network, build_network, masked_nll
+from detector.model.store import Model
+from detector.model.networks import Network, build_network, masked_nll
 
 CHECKPOINT_FORMAT = 1
 

@@ -2,13 +2,13 @@
 
 One process, one asyncio loop, three parts:
 
-- a producer: each step of a `detector.synthetic.Fleet` goes to the run's input topic as
+- a producer: each step of a `detector.readings.synthetic.Fleet` goes to the run's input topic as
   batched messages (arrays of up to `CHUNK` readings, the service's batched format);
 - the `ScoringService` of `hiddenstate serve` (consumers/service.py), unchanged;
 - a reader of the alerts topic: what comes out of Kafka feeds the live view of `demo` and,
   at the end, its precision and recall against the injected anomalies.
 
-The broker is `--bootstrap` if given, else a local one started with scripts/kafka.sh (and
+The broker is `--bootstrap` if given, else the packaged local one (`consumers.broker`, as `hiddenstate broker start`; and
 stopped at the end if this command started it). Topics and group are per run
 (`hiddenstate-demo-<run>-...`) and the topics are deleted at the end. The producer keeps at most
 `MAX_AHEAD_STEPS` steps ahead of the service (backpressure), so "as fast as possible" means as
@@ -23,32 +23,27 @@ import contextlib
 import logging
 import math
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 
+from consumers.broker import LocalBroker
+from consumers.errors import KafkaDemoError
 from detector.alerts import AlertKind
+from detector.cli.options import config_from_args
 from detector.config import DetectorConfig
-from detector.demo import GRACE_STEPS, DemoReport, DemoSnapshot, OpenAlert, _report, _Truth
-from detector.errors import HiddenstateError
-from detector.synthetic import Fleet
+from detector.evaluation import GRACE_STEPS, DemoReport, DemoSnapshot, OpenAlert, Truth, evaluate, format_report
+from detector.readings.synthetic import Fleet
 
-KAFKA_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka.sh"
 CHUNK = 500
 """Most readings per input message."""
 MAX_AHEAD_STEPS = 4
 """Most steps produced but not yet consumed by the service."""
 DRAIN_SECONDS = 60.0
 """After the last step: how long the service may take to score what was produced."""
-
-
-class KafkaDemoError(HiddenstateError):
-    """The broker cannot be started or reached, or the demo's topics cannot be created."""
 
 
 @dataclass(frozen=True)
@@ -71,38 +66,13 @@ class DemoTopics:
         return [self.readings, self.scores, self.alerts, self.dead_letters]
 
 
-class LocalBroker:
-    """scripts/kafka.sh start/stop; stops only a broker this object started."""
-
-    def __init__(self, script: Path = KAFKA_SCRIPT) -> None:
-        self.script = script
-        self.started = False
-
-    def start(self) -> str:
-        """Start (or find) the local broker; returns its bootstrap address."""
-        if not self.script.exists():
-            raise KafkaDemoError(f"{self.script} not found (it comes with the source tree): start a broker yourself "
-                                 "and pass --bootstrap HOST:PORT")
-        proc = subprocess.run([str(self.script), "start"], capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            raise KafkaDemoError(f"scripts/kafka.sh start failed (exit {proc.returncode}); it needs Java 17+ and "
-                                 f"Maven, or pass --bootstrap HOST:PORT:\n{proc.stderr.strip()[-2000:]}")
-        self.started = "already" not in proc.stderr and "not started by this script" not in proc.stderr
-        return proc.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        if self.started:
-            subprocess.run([str(self.script), "stop"], capture_output=True, text=True, timeout=120)
-            self.started = False
-
-
 class _AlertBook:
     """The alerts read back from Kafka, matched against the injected anomalies as `run_demo` does."""
 
     def __init__(self, fleet: Fleet, grace: int) -> None:
         self.fleet = fleet
         self.index = {name: i for i, name in enumerate(fleet.names())}
-        self.truth = _Truth(grace)
+        self.truth = Truth(grace)
         self.raises: list[tuple[int, int]] = []
         self.open: dict[str, OpenAlert] = {}
         self.cleared = 0
@@ -252,7 +222,7 @@ async def run_kafka_demo(
         if on_progress is not None:
             on_progress(snapshot())
         engine = service.engine
-        return _report(
+        return evaluate(
             service.model.model_id, service.stats.scored, engine.stats.network_seconds if engine else 0.0,
             fleet, book.truth, book.raises, steps, seconds, book.cleared, len(book.open),
         )
@@ -286,8 +256,6 @@ def _check(tasks: list[asyncio.Task]) -> None:
 
 def run(args, render) -> int:
     """The `demo --kafka` command: broker, live view (`render(snapshot)` callbacks from demo.py), report."""
-    from detector.cli import config_from_args
-    from detector.demo import format_report
 
     # the live view is the output; keep aiokafka's connection chatter and the service's info lines out of it
     quiet = {"aiokafka": logging.CRITICAL, "hiddenstate": logging.WARNING}
@@ -298,7 +266,7 @@ def run(args, render) -> int:
     bootstrap = args.bootstrap
     try:
         if bootstrap is None:
-            print("starting the local Kafka broker (scripts/kafka.sh start)…", flush=True)
+            print("starting the local Kafka broker (hiddenstate broker start)…", flush=True)
             bootstrap = broker.start()
         print(f"Kafka at {bootstrap}: producing the simulated fleet and scoring it with the service", flush=True)
 
@@ -320,7 +288,7 @@ def run(args, render) -> int:
         report = asyncio.run(main())
     finally:
         if broker.started:
-            print("stopping the local Kafka broker (scripts/kafka.sh stop)…", flush=True)
+            print("stopping the local Kafka broker (hiddenstate broker stop)…", flush=True)
             broker.stop()
         for name, level in levels.items():  # as they were (the command may run inside a longer process)
             logging.getLogger(name).setLevel(level)

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.id_map import IdMap, hash_ids
-from detector.validation import MAX_SENSOR_ID_LENGTH
+from detector.state.id_map import IdMap, hash_ids
+from detector.readings.coerce import MAX_SENSOR_ID_LENGTH
 
 # name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor,
 # "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead; "CX" = one per channel

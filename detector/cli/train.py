@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector import __version__
+from detector.version import __version__
 from detector.errors import InputFileError
-from detector.model_store import CARD, save_model
-from detector.networks import ACTIVATIONS
-from detector.training import Callbacks, EpochReport, TrainConfig, pad_lanes, prepare, train
+from detector.model.store import CARD, save_model
+from detector.model.networks import ACTIVATIONS
+from detector.model.training import Callbacks, EpochReport, TrainConfig, pad_lanes, prepare, train
 
 CHECKPOINT = "checkpoint.pt"
 MIN_READINGS = 16
@@ -95,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     lengths = groups = None
     if args.synthetic:
-        from detector.synthetic import Fleet
+        from detector.readings.synthetic import Fleet
 
         ts, values, _ = Fleet(args.synthetic, seed=args.seed + 1, anomaly_rate=0.0).run(args.steps)
         x, y = prepare(ts, values, cfg.norm_window)
-        data: dict[str, Any] = {"source": "detector.synthetic.Fleet (anomaly-free)", "sensors": args.synthetic,
+        data: dict[str, Any] = {"source": "detector.readings.synthetic.Fleet (anomaly-free)", "sensors": args.synthetic,
                                 "steps": args.steps}
     elif args.files:
         x, y, lengths, groups, data = _from_files(args, cfg)
@@ -194,7 +194,7 @@ class RichProgress(Callbacks):
 def _from_files(
     args: argparse.Namespace, cfg: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    from detector.readers import read_readings
+    from detector.readings.files import read_readings
 
     parts, groups, rows, sensors, skipped = [], [], 0, 0, 0
     for path in args.files:
