@@ -104,7 +104,7 @@ def run(ids: int, capacity: int, batch: int, samples: int) -> dict:
             pool = service.engine.pool
             rss, _ = memory_mib()
             rows.append({"ids": done, "rss_mib": round(rss, 1), "sensors": len(pool), "allocated": pool.allocated,
-                         "evicted": pool.stats.evicted_capacity, "owners": len(service._owner)})
+                         "evicted": pool.stats.evicted_capacity, "owners": len(service.ownership.owner)})
     elapsed = time.perf_counter() - started
     gc.collect()
     after, peak = memory_mib()
@@ -117,7 +117,7 @@ def run(ids: int, capacity: int, batch: int, samples: int) -> dict:
         "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1), "rss_peak_mib": round(peak, 1),
         "sensors_held": len(pool), "slots_allocated": pool.allocated, "evicted_capacity": pool.stats.evicted_capacity,
         "evicted_idle": pool.stats.evicted_idle, "pool_bytes_per_sensor": pool.bytes_per_sensor,
-        "owner_map": len(service._owner), "model": model.model_id, "date": date, "loadavg": load,
+        "owner_map": len(service.ownership.owner), "model": model.model_id, "date": date, "loadavg": load,
         "samples": rows,
     }
 

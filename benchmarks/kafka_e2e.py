@@ -102,7 +102,7 @@ def prepare_run(model_name: str):  # noqa: ANN201 - a detector Model
     (an untrained GRU if it cannot load): the service runs in this process, set up as `hiddenstate serve` is."""
     import torch
 
-    from consumers.service import tune_gc
+    from consumers.process import tune_gc
     from detector.model.store import load_model, untrained
 
     torch.set_num_threads(1)

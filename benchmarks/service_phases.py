@@ -1,7 +1,7 @@
 """Where the service's time per reading goes, by input format, without a broker.
 
 Runs the `ScoringService`'s own per-batch steps on messages built in memory (with the service's
-garbage-collector setting, `consumers.service.tune_gc`), exactly as `process` does between a poll and
+garbage-collector setting, `consumers.process.tune_gc`), exactly as `process` does between a poll and
 the sends: decode (`Decoder.decode`), score (`Engine.step`, in its worker
 thread) and build the outputs (`_outputs`: score records, dead letters, alerts). Kafka's own costs
 (fetching, the producer's record batches, round trips, the broker sharing the cores) are not in
@@ -41,7 +41,8 @@ from aiokafka.structs import ConsumerRecord  # noqa: E402
 from benchmarks.kafka_e2e import batched_messages, command_line, reading, write_results  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from consumers.config import ServiceConfig  # noqa: E402
-from consumers.service import ScoringService, tune_gc  # noqa: E402
+from consumers.process import tune_gc  # noqa: E402
+from consumers.service import ScoringService  # noqa: E402
 from detector.config import DetectorConfig  # noqa: E402
 
 FORMATS = {  # name: (readings per message, max_batch, columnar, score_records)

@@ -189,7 +189,7 @@ def sensor_states(model, n: int) -> tuple[list[str], list[bytes]]:
     from detector.config import DetectorConfig
     from detector.engine import Engine
 
-    engine = Engine(model.network, DetectorConfig(channels=1), 1, model.meta.get("sha256", ""))
+    engine = Engine.for_model(model, DetectorConfig(channels=1), 1)
     ids = [f"dev-{i:07d}" for i in range(n)]
     rng = np.random.default_rng(0)
     for step in range(3):

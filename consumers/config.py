@@ -1,7 +1,7 @@
 """Settings of `hiddenstate serve`, in one typed place.
 
 `ServiceConfig` holds the Kafka side (broker, topics, group, batching, security)
-plus the engine's `DetectorConfig`. Sources, in increasing precedence:
+plus the engine's `DetectorConfig`. Loaded like every settings class (`detector.settings.load_settings`); sources, in increasing precedence:
 
 1. a TOML file: the `[service]` table for the Kafka settings, the `[detector]`
    table (or top-level keys) for the engine, exactly as `load_config` reads it;
@@ -20,40 +20,23 @@ from __future__ import annotations
 
 import re
 import ssl
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
-from detector.config import DetectorConfig, load_config, read_toml
+from detector.config import DetectorConfig, load_config
 from detector.errors import ConfigError
+from detector.settings import Settings, env_values, load_settings
 
 # secret field -> the field naming a file that holds it (read once, at load; a trailing newline is dropped)
 SECRET_FILES = {"sasl_password": "sasl_password_file", "ssl_key_password": "ssl_key_password_file"}
 
-# The `[service]` table of the file being loaded (set only while `load_service_config` builds one).
-_FILE_VALUES: ContextVar[dict[str, Any]] = ContextVar("_FILE_VALUES", default={})
-
-
-class _FileTableSource(PydanticBaseSettingsSource):
-    """The lowest-precedence source: the TOML file's `[service]` table."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        return _FILE_VALUES.get().get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_FILE_VALUES.get())
-
-
-class ServiceConfig(BaseSettings):
+class ServiceConfig(Settings):
     """Everything `hiddenstate serve` needs besides the model."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="HIDDENSTATE_", env_nested_delimiter="__", extra="ignore", frozen=True
-    )
+    table: ClassVar[str] = "service"
 
     # --- broker and topics ---------------------------------------------------------
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of brokers.")
@@ -128,6 +111,8 @@ class ServiceConfig(BaseSettings):
     )
 
     # --- metrics, health and readiness (see docs/metrics.md, docs/operations.md) -------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level; logs go to stderr.")
+    log_format: Literal["text", "json"] = Field("text", description="Text lines, or one JSON object per line.")
     metrics_enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz over HTTP.")
     metrics_address: str = Field(
         "0.0.0.0", min_length=1, description="Address the HTTP endpoints listen on (`::` for IPv6)."
@@ -190,17 +175,6 @@ class ServiceConfig(BaseSettings):
     )
 
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _FileTableSource(settings_cls)
 
     @model_validator(mode="before")
     @classmethod
@@ -349,23 +323,10 @@ def load_service_config(
 ) -> ServiceConfig:
     """A ServiceConfig from the TOML file's `[service]` table, then HIDDENSTATE_* variables, then `overrides`.
 
-    detector: the engine settings, e.g. from `detector.cli.config_from_args`; default: `load_config(path)`.
-    Overrides whose value is None are ignored, so unset CLI flags do not mask the file or the environment.
+    detector: the engine settings, e.g. from `detector.cli.options.config_from_args`; default: `load_config(path)`
+    (with any `HIDDENSTATE_DETECTOR__<FIELD>` variables on top). Overrides whose value is None are ignored,
+    so unset CLI flags do not mask the file or the environment.
     """
-    table: dict[str, Any] = {}
-    if path is not None:
-        table = read_toml(path).get("service", {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"config file {path}: [service] must be a table")
-        unknown = set(table) - set(ServiceConfig.model_fields) - {"detector"}
-        if unknown:
-            raise ConfigError(f"config file {path}: unknown [service] keys {sorted(unknown)}")
-    detector = detector if detector is not None else load_config(path)
-    init = {k: v for k, v in overrides.items() if v is not None}
-    token = _FILE_VALUES.set(table)
-    try:
-        return ServiceConfig(**init, detector=detector)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid service configuration: {exc}") from None
-    finally:
-        _FILE_VALUES.reset(token)
+    if detector is None:
+        detector = load_config(path, **env_values(ServiceConfig).get("detector", {}))
+    return load_settings(ServiceConfig, path, **overrides, detector=detector)

@@ -6,7 +6,8 @@ transactions hold at *every* step of a batch, the crash test needs to kill at ch
 it kills itself with SIGKILL: no flush, no cleanup, no leaving the group, exactly like kill -9. Never
 set it in production; unset (the default) `crash_point` returns at once.
 
-Points (`consumers/service.py`), in the order a batch reaches them:
+Points (marked in `consumers/service.py`; in `delivery.py` for a transaction, in `checkpoints.py` for
+`restoring`), in the order a batch reaches them:
 
 - `scored`: the engine stepped the batch (state changed in memory), nothing produced yet;
 - `produced`: at_least_once: the outputs are acknowledged, the checkpoint not written; exactly_once:

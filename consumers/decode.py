@@ -20,8 +20,9 @@ an array, `values` an array of rows or an object of arrays by channel name):
     {"sensor_id": "pump-7", "ts": [1700000000, 1700000001], "values": {"temp": [41.0, 41.2], "flow": [3.2, 3.3]}}
 
 - sensor id: the `sensor_id` field, else the message key (UTF-8);
-- ts: epoch seconds, epoch milliseconds (any number above 1e11) or an ISO-8601
-  string (naive = UTC);
+- ts: the one timestamp rule of `detector.readings.timestamps`: an epoch number in seconds,
+  milliseconds, microseconds or nanoseconds (read from its size), or an ISO-8601 string
+  (naive = UTC), exactly as the Python API and files read it;
 - `value` (one channel) or `values`: a list in channel order, or an object by
   channel name. The names are fixed by `channel_names`, else by the sorted keys
   of the first object seen; an object with another key set is `wrong_channels`.
@@ -41,60 +42,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from enum import Enum
+from enum import StrEnum
 from numbers import Real
 
 import numpy as np
 import orjson
 
-from detector.readings.coerce import (
-    MAX_ABS_VALUE,
-    SCORED,
-    RejectReason,
-    coerce_sensor_id,
-    coerce_timestamp,
-    coerce_values,
-)
+from detector.readings.coerce import MAX_ABS_VALUE, coerce_sensor_id, coerce_values
+from detector.readings.reasons import SCORED, RejectReason
+from detector.readings.timestamps import epoch_numbers, to_seconds
 
-MS_THRESHOLD = 1e11  # a numeric ts above this is epoch milliseconds (1e11 s is the year 5138)
 MAX_CHANNELS = 1024
 MAX_READINGS_PER_MESSAGE = 10_000
 
 
-class DeadLetterReason(str, Enum):
-    """Why a message went to the dead-letter topic (the `reason` header)."""
+DeadLetterReason = StrEnum("DeadLetterReason", {r.name: r.label for r in RejectReason}, module=__name__)
+"""Why a message (or a reading of a batch) went to the dead-letter topic: the `reason` header.
 
-    MALFORMED_JSON = "malformed_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    TOO_LARGE = "too_large"
-    TOO_MANY_READINGS = "too_many_readings"
-    # the engine's reasons (RejectReason.label)
-    NOT_NUMERIC = "not_numeric"
-    NOT_FINITE = "not_finite"
-    WRONG_CHANNELS = "wrong_channels"
-    BAD_TIMESTAMP = "bad_timestamp"
-    OUT_OF_ORDER = "out_of_order"
-    DUPLICATE = "duplicate"
-    BAD_SENSOR_ID = "bad_sensor_id"
-
-    @classmethod
-    def of(cls, reason: RejectReason) -> DeadLetterReason:
-        return cls(reason.label)
-
-
-assert {r.label for r in RejectReason} <= {d.value for d in DeadLetterReason}, "a RejectReason has no dead-letter label"
-
-# Details for reasons the engine finds (decoding cannot know them).
-ENGINE_DETAILS = {
-    RejectReason.OUT_OF_ORDER: "ts is before the sensor's previous reading",
-    RejectReason.DUPLICATE: "ts equals the sensor's previous reading",
-    RejectReason.WRONG_CHANNELS: "number of values differs from the model's channels",
-    RejectReason.NOT_FINITE: "a value or the timestamp is not finite",
-    RejectReason.BAD_TIMESTAMP: "timestamp is not finite",
-    RejectReason.BAD_SENSOR_ID: "sensor id is empty or too long",
-    RejectReason.NOT_NUMERIC: "a value is not a number",
-}
+The labels of `detector.readings.reasons.RejectReason`, which defines every reason once; `DeadLetterReason[r.name]`
+is the dead-letter reason of the engine's reason `r`."""
 
 
 @dataclass
@@ -397,7 +363,7 @@ class Decoder:
             if values is None or values.size % len(ts) or any(len(row) != values.size // len(ts) for row in raw):
                 return None
             values = values.reshape(len(ts), -1)
-        ts = np.where(np.abs(ts) > MS_THRESHOLD, ts / 1000.0, ts)
+        ts = epoch_numbers(ts)
         if not (np.isfinite(ts).all() and np.isfinite(values).all() and (np.abs(values) <= MAX_ABS_VALUE).all()):
             return None
         if self.max_future_seconds is not None and ts.max() > time.time() + self.max_future_seconds:
@@ -440,7 +406,7 @@ class Decoder:
             raw = doc["value"]
         else:
             return DeadLetterReason.MISSING_FIELD, f"{where}no value or values field"
-        return sensor_id, _timestamp(doc["ts"]), raw
+        return sensor_id, to_seconds(doc["ts"]), raw
 
     def _learn_channels(self, raw: object) -> None:
         if isinstance(raw, dict):
@@ -518,24 +484,6 @@ def _column_reading(doc: dict, j: int) -> dict:
     return reading
 
 
-def _timestamp(ts: object) -> float:
-    """Epoch seconds from seconds, milliseconds or ISO-8601; NaN if unusable."""
-    if type(ts) is float and ts == ts and abs(ts) <= MS_THRESHOLD:
-        return ts  # the common case, without the (slow) abstract-class check below
-    if isinstance(ts, Real) and not isinstance(ts, bool):
-        try:
-            value = float(ts)
-        except OverflowError:  # an integer beyond float range (the stdlib parser reads any length)
-            return math.nan
-        if math.isfinite(value) and abs(value) > MS_THRESHOLD:
-            value /= 1000.0
-        return value if math.isfinite(value) else math.nan
-    if isinstance(ts, str):
-        value = coerce_timestamp(ts)
-        return math.nan if value is None else value
-    return math.nan
-
-
 def _channel_name(name: object) -> bool:
     """A channel name is held by the config of every output: a printable string of 1-256 characters, like an id."""
     return isinstance(name, str) and coerce_sensor_id(name) == name
@@ -556,4 +504,4 @@ def _short(raw: object) -> str:
 
 def reason_of(status_code: int) -> DeadLetterReason | None:
     """The dead-letter reason for an engine status code (None if scored)."""
-    return None if status_code == SCORED else DeadLetterReason.of(RejectReason(status_code))
+    return None if status_code == SCORED else DeadLetterReason[RejectReason(status_code).name]

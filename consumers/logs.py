@@ -95,6 +95,17 @@ def configure_logging(level: str = "INFO", fmt: str = "text", secrets: Iterable[
     return handler
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception for a log line: its type and message, the type once (`KafkaTimeoutError: ...`)."""
+    text, name = str(exc), type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+def partitions_text(tps: Iterable) -> str:
+    """Topic partitions for a log line, sorted: `readings[0],readings[1]` (`-` for none)."""
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps, key=lambda t: (t.topic, t.partition))) or "-"
+
+
 def _rfc3339(created: float) -> str:
     seconds = int(created)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"

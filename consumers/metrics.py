@@ -19,11 +19,13 @@ answers, with the reason, when the event loop or the processing loop is stuck. A
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import math
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -43,10 +45,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from consumers.decode import DeadLetterReason
-from detector.readings.coerce import RejectReason
+from detector.readings.reasons import READING_REASONS
 
 if TYPE_CHECKING:
-    from consumers.service import ScoringService
+    from detector.engine import EngineStats
+    from detector.state.pool import StatePool
 
 log = logging.getLogger("hiddenstate.serve")
 
@@ -62,6 +65,56 @@ STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 # Checks behind /healthz and /readyz: name -> (ok, detail).
 Checks = dict[str, tuple[bool, str]]
+
+
+@dataclass
+class ServiceStats:
+    """Counts since start, for logs, tests and metrics (read at scrape time, see `ServiceSnapshot`)."""
+
+    consumed: int = 0  # readings: one per message, or each reading of a batched message
+    messages: int = 0
+    scored: int = 0
+    score_messages: int = 0  # score records produced: one per reading, or per message and sensor
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    alerts: int = 0
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    produce_retries: int = 0
+    dropped_sensors: int = 0
+    connect_attempts: int = 0
+    rebalances: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    def report_line(self, sensors: int) -> str:
+        """The progress line of the logs (`sensors`: how many the engine holds)."""
+        dead = sum(self.dead_lettered.values())
+        return (f"consumed={self.consumed} scored={self.scored} dead_lettered={dead} alerts={self.alerts} "
+                f"batches={self.batches} commits={self.commits} sensors={sensors}")
+
+    def report_fields(self, sensors: int) -> dict[str, object]:
+        """The counts of the progress line as extra fields of a structured log record."""
+        fields = self.as_dict()
+        fields["dead_lettered"] = sum(self.dead_lettered.values())
+        fields["sensors"] = sensors
+        return fields
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSnapshot:
+    """What the scrape-time collector reads of a service, handed over by the service at each scrape."""
+
+    stats: ServiceStats
+    engine: EngineStats | None  # None until the engine exists (channel count learnt from the first reading)
+    pool: StatePool | None
+    capacity: int  # detector.capacity: the pool's, before there is one
+    assigned: frozenset | None  # input partitions assigned to this member (None: no assignment)
+    lag: dict[tuple[str, int], int]  # (topic, partition) -> high watermark - position, as of the last probe
+    last_broker_contact: float | None  # unix time of the last successful broker round trip
+    ready: bool
+    last_poll: float | None  # unix time of the processing loop's last poll (None: not running)
 
 
 class ArrayHistogram(Collector):
@@ -117,7 +170,7 @@ class ArrayHistogram(Collector):
 class ServiceMetrics:
     """The registry of one ScoringService: scrape-time collectors plus the histograms it records."""
 
-    def __init__(self, service: ScoringService, version: str, model_id: str) -> None:
+    def __init__(self, snapshot: Callable[[], ServiceSnapshot], version: str, model_id: str) -> None:
         self.registry = CollectorRegistry()
         reg = self.registry
         ProcessCollector(registry=reg)
@@ -142,7 +195,7 @@ class ServiceMetrics:
             "Wall-clock time at acknowledgement minus the reading's own timestamp, per scored reading.",
             EVENT_LAG_BUCKETS, reg,
         )
-        reg.register(_ServiceCollector(service))
+        reg.register(_ServiceCollector(snapshot))
 
     def exposition(self) -> bytes:
         from prometheus_client import generate_latest
@@ -165,17 +218,16 @@ class _ServiceCollector(Collector):
     worker thread update them.
     """
 
-    def __init__(self, service: ScoringService) -> None:
-        self.service = service
+    def __init__(self, snapshot: Callable[[], ServiceSnapshot]) -> None:
+        self.snapshot = snapshot
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # names are checked by the tests against docs/metrics.md, not at registration
 
     def collect(self) -> Iterator[Metric]:
-        s = self.service
+        s = self.snapshot()
         st = s.stats
-        engine = s.engine
-        es = engine.stats if engine is not None else None
+        es = s.engine
 
         yield _counter("readings_consumed", "Readings read from the input topics (valid or not; each of a batch).",
                        st.consumed)
@@ -185,7 +237,7 @@ class _ServiceCollector(Collector):
         rejected = CounterMetricFamily(PREFIX + "readings_rejected",
                                        "Readings the engine rejected (not scored), by reason.", labels=["reason"])
         by_reason = dict(es.rejected) if es else {}
-        for reason in RejectReason:
+        for reason in READING_REASONS:
             rejected.add_metric([reason.label], by_reason.get(reason, 0))
         yield rejected
         dead = CounterMetricFamily(PREFIX + "dead_letters",
@@ -203,8 +255,8 @@ class _ServiceCollector(Collector):
                        es.network_seconds if es else 0.0)
 
         # state pool
-        pool = engine.pool if engine is not None else None
-        capacity = pool.capacity if pool is not None else s.config.detector.capacity
+        pool = s.pool
+        capacity = pool.capacity if pool is not None else s.capacity
         yield _gauge("state_pool_sensors", "Sensors whose state is held now.", len(pool) if pool is not None else 0)
         yield _gauge("state_pool_capacity_sensors", "Most sensors the pool holds (detector.capacity).", capacity)
         allocated = pool.allocated if pool is not None else 0
@@ -231,13 +283,13 @@ class _ServiceCollector(Collector):
                        st.produce_retries)
         yield _counter("connect_attempts", "Attempts to connect to the broker at start.", st.connect_attempts)
         yield _counter("rebalances", "Partition assignments received from the group coordinator.", st.rebalances)
-        assigned = s.assigned_partitions
+        assigned = s.assigned
         yield _gauge("assigned_partitions", "Input partitions assigned to this member.",
                      len(assigned) if assigned is not None else 0)
         lag = GaugeMetricFamily(PREFIX + "consumer_lag_messages",
                                 "High watermark minus the consumer's position, per assigned input partition.",
                                 labels=["topic", "partition"])
-        for (topic, partition), value in sorted(s.consumer_lag.items()):
+        for (topic, partition), value in sorted(s.lag.items()):
             lag.add_metric([topic, str(partition)], value)
         yield lag
         probe = s.last_broker_contact
@@ -246,10 +298,9 @@ class _ServiceCollector(Collector):
                          "Unix time of the last successful round trip to the broker.", probe)
 
         # liveness and readiness, as numbers
-        ready, _ = s.readiness()
         yield _gauge("ready", "1 if /readyz answers 200 (partitions assigned, broker reachable), else 0.",
-                     1 if ready else 0)
-        beat = s.last_poll_time
+                     1 if s.ready else 0)
+        beat = s.last_poll
         if beat is not None:
             yield _gauge("last_poll_timestamp_seconds",
                          "Unix time of the processing loop's last iteration (poll).", beat)
@@ -329,6 +380,19 @@ class HttpEndpoints:
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                         ("Cache-Control", "no-store")])
         return [b"" if method == "HEAD" else body]
+
+
+def open_endpoints(registry: CollectorRegistry, health: Callable[[], tuple[bool, Checks]],
+                   readiness: Callable[[], tuple[bool, Checks]], address: str, port: int) -> HttpEndpoints:
+    """Serve `/metrics`, `/healthz` and `/readyz` on `address:port`; raises OSError, saying where, if it cannot."""
+    http = HttpEndpoints(registry, health, readiness)
+    try:
+        bound = http.start(address, port)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
+    log.info("metrics, health and readiness on http://%s:%d (/metrics, /healthz, /readyz)",
+             address, bound, extra={"metrics_address": address, "metrics_port": bound})
+    return http
 
 
 def _plain(start_response: Callable, status: str, body: bytes,

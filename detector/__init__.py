@@ -6,7 +6,7 @@ from detector.api import Detector, Score
 from detector.engine import Engine, StepResult
 from detector.errors import ConfigError, HiddenstateError, InputFileError, ModelError
 from detector.model.store import Model, load_model, save_model
-from detector.readings.coerce import RejectReason
+from detector.readings.reasons import RejectReason
 from detector.version import __version__
 
 __all__ = [

@@ -14,6 +14,8 @@ from enum import Enum
 
 import numpy as np
 
+from detector.scoring.causes import Cause
+
 
 class AlertKind(str, Enum):
     RAISE = "raise"
@@ -32,9 +34,8 @@ class AlertEvent:
     channel: int
     expected: float
     seen: float
-    cause: str = "forecast"  # "forecast": far from the forecast; "level": the channel's level shifted
-    # (expected = its usual level); "correlation": the channels' levels together are unusual (the channel
-    # contributing most; expected = its usual level); "stuck": the channel repeats one value
+    cause: Cause = Cause.FORECAST  # the view that raised it (raise events); with LEVEL and CORRELATION,
+    # `expected` is the channel's usual level
     threshold_error: float = float("nan")
     peak_score: float = float("nan")
     channel_name: str | None = field(default=None, compare=False)
@@ -57,7 +58,7 @@ class AlertEvent:
             "seen": self.seen,
         }
         if self.kind is AlertKind.RAISE:
-            out["cause"] = self.cause
+            out["cause"] = Cause(self.cause).label
             out["threshold_error"] = self.threshold_error
         else:
             out["peak_score"] = self.peak_score

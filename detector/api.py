@@ -23,7 +23,8 @@ from detector.alerts import AlertEvent
 from detector.config import DetectorConfig
 from detector.engine import Engine, EngineStats, StepResult
 from detector.model.store import Model, load_model
-from detector.readings.coerce import RejectReason, to_arrays
+from detector.readings.coerce import to_arrays
+from detector.readings.reasons import RejectReason
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Detector:
         self.model = model if isinstance(model, Model) else load_model(model or config.model)
         self._engine: Engine | None = None
         if config.channels is not None:
-            self._engine = Engine(self.model.network, config, config.channels, self.model.meta.get("sha256", ""))
+            self._engine = Engine.for_model(self.model, config, config.channels)
 
     @property
     def engine(self) -> Engine:
@@ -92,7 +93,7 @@ class Detector:
     def score_many(self, sensor_ids: Sequence[object], timestamps: Sequence[object], values: Sequence[object]) -> StepResult:
         """Score a batch of loose readings (any sensors, any order); bad rows come back rejected."""
         if self._engine is None:
-            self._engine = Engine(self.model.network, self.config, _infer_channels(values), self.model.meta.get("sha256", ""))
+            self._engine = Engine.for_model(self.model, self.config, _infer_channels(values))
         ids, ts, rows, status = to_arrays(sensor_ids, timestamps, values, self._engine.channels)
         return self._engine.step(ids, ts, rows, status)
 
@@ -108,7 +109,7 @@ class Detector:
         if values.ndim == 1:
             values = values[:, None]
         if self._engine is None:
-            self._engine = Engine(self.model.network, self.config, values.shape[1], self.model.meta.get("sha256", ""))
+            self._engine = Engine.for_model(self.model, self.config, values.shape[1])
         return self._engine.step(sensor_ids, ts, values, status)
 
     @property

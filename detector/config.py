@@ -2,25 +2,25 @@
 
 `DetectorConfig` holds what changes scores and alerts. It can be set from a TOML
 file, from environment variables (`HIDDENSTATE_THRESHOLD=0.9999`) and from
-command-line flags, in that order of increasing precedence (see `load_config`).
+command-line flags, in that order of increasing precedence (`load_config`, the
+one settings loader of `detector.settings`).
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, model_validator
 
-from detector.errors import ConfigError
+from detector.settings import Settings, load_settings
 
 
-class DetectorConfig(BaseModel):
+class DetectorConfig(Settings):
     """Engine settings: normalisation, calibration, threshold, hysteresis, pool bounds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    table: ClassVar[str] = "detector"
+    top_level: ClassVar[bool] = True
 
     model: str = Field("gru-default", description="Shipped model name or path to a model directory.")
     channels: int | None = Field(
@@ -93,41 +93,9 @@ class DetectorConfig(BaseModel):
         return self
 
 
-class _EnvBase(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HIDDENSTATE_", extra="ignore")
-
-
-# The same fields as DetectorConfig, all optional, read from HIDDENSTATE_* variables.
-_EnvSettings = create_model(
-    "_EnvSettings",
-    __base__=_EnvBase,
-    **{name: (field.annotation | None, None) for name, field in DetectorConfig.model_fields.items()},
-)
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """The parsed TOML file, or a ConfigError saying why it cannot be read."""
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> DetectorConfig:
-    """Build a DetectorConfig from a TOML file, then the environment, then `overrides` (flags).
+    """A DetectorConfig from a TOML file, then HIDDENSTATE_* variables, then `overrides` (flags; None = unset).
 
-    The TOML file may hold the keys at top level or under a `[detector]` table.
-    Overrides whose value is None are ignored, so unset CLI flags do not mask the file.
+    The TOML file may hold the keys at top level or under a `[detector]` table (`detector.settings`).
     """
-    values: dict[str, Any] = {}
-    if path is not None:
-        data = read_toml(path)
-        values.update(data.get("detector", {k: v for k, v in data.items() if not isinstance(v, dict)}))
-    values.update(_EnvSettings().model_dump(exclude_none=True))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return DetectorConfig(**values)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+    return load_settings(DetectorConfig, path, **overrides)

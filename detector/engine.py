@@ -11,22 +11,31 @@ The engine knows no Kafka, files or CLI: the service and the CLI both feed it ar
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from detector import alerts
-from detector.scoring import calibration, correlation, flatline, levels, normalise, thresholds
+from detector.scoring import calibration, causes, correlation, flatline, levels, normalise, thresholds
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.errors import ModelError
 from detector.model.networks import Network
+from detector.scoring.causes import Cause
 from detector.state.codec import StateCodec
 from detector.state.pool import Rows, StatePool
-from detector.readings.coerce import MAX_ABS_VALUE, SCORED, RejectReason
+from detector.readings.coerce import MAX_ABS_VALUE
+from detector.readings.reasons import READING_REASONS, SCORED, RejectReason
+
+log = logging.getLogger("hiddenstate.engine")
+
+if TYPE_CHECKING:
+    from detector.model.store import Model
 
 
 @dataclass
@@ -34,26 +43,12 @@ class EngineStats:
     """Running counts since start, for metrics and summaries."""
 
     scored: int = 0
-    rejected: dict[RejectReason, int] = field(default_factory=lambda: {r: 0 for r in RejectReason})
+    rejected: dict[RejectReason, int] = field(default_factory=lambda: {r: 0 for r in READING_REASONS})
     anomalous: int = 0
     gap_resets: int = 0
     alerts_raised: int = 0
     alerts_cleared: int = 0
     network_seconds: float = 0.0
-
-
-LEVEL_SURPRISE = 1e30
-"""The surprise recorded for a shifted level: above any forecast error's |z|, below a stuck run's inf."""
-
-JOINT_SURPRISE = 1e20
-"""The surprise recorded for an unusual level vector (correlation view): above any forecast error's |z|."""
-
-
-def _cause(surprise: float) -> str:
-    """Which view made an alert, from the surprise recorded for its reason."""
-    if np.isinf(surprise):
-        return "stuck"
-    return "level" if surprise >= LEVEL_SURPRISE else "correlation" if surprise >= JOINT_SURPRISE else "forecast"
 
 
 @dataclass(frozen=True)
@@ -108,6 +103,71 @@ class StepResult:
         return None if code == SCORED else RejectReason(code)
 
 
+@dataclass(slots=True)
+class Wave:
+    """One wave of a step: at most one reading per sensor, with its sensor's state; row i is one reading.
+
+    `state` is a gathered copy of the sensors' state, updated in place and scattered back at the end.
+    """
+
+    positions: np.ndarray  # the readings' rows of the batch (and of its StepResult)
+    slots: np.ndarray  # their sensors' pool slots
+    state: Rows
+    ts: np.ndarray
+    values: np.ndarray  # [n, C]
+    count: np.ndarray  # readings the sensor had accepted before this one
+    dt: np.ndarray  # seconds since its previous reading (0 for its first)
+    gap: np.ndarray  # silent longer than `max_gap`: its hidden state was reset
+    mean: np.ndarray  # the reading's frame: the normalisation as it was before it
+    var: np.ndarray
+    std: np.ndarray
+
+
+@dataclass(slots=True)
+class Targets:
+    """The readings a wave scores: a forecaster's are the wave's own; a look-ahead model's, those it releases.
+
+    Row i is one reading, seen at `ts` with `values` in the frame (`mean`, `std`), and the network's
+    `expected` ± `expected_std` for it.
+    """
+
+    positions: np.ndarray  # the rows of the StepResult that get their scores
+    at: np.ndarray | slice  # their rows of the wave's state
+    ts: np.ndarray
+    values: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    count: np.ndarray  # readings the sensor had before this one
+    expected: np.ndarray
+    expected_std: np.ndarray
+    has_estimate: np.ndarray  # an estimate from before it (and enough readings): it gets a score
+
+    def take(self, index: np.ndarray | slice) -> Targets:
+        """The targets at `index` (slice(None): all of them, as they are)."""
+        if isinstance(index, slice):
+            return self
+        at = index if isinstance(self.at, slice) else self.at[index]
+        return Targets(self.positions[index], at, self.ts[index], self.values[index], self.mean[index],
+                       self.std[index], self.count[index], self.expected[index], self.expected_std[index],
+                       self.has_estimate[index])
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the views made of judged targets, row i for target i: the alert state's input."""
+
+    score: np.ndarray  # the largest of the views' scores
+    anomalous: np.ndarray
+    cause: np.ndarray  # the view that made it (`Cause` codes)
+    channel: np.ndarray  # the channel it names
+    surprise: np.ndarray  # the forecast error's |z| on that channel
+    expected: np.ndarray  # what was expected on it: the forecast, or for LEVEL and CORRELATION its usual level
+    seen: np.ndarray  # what was seen on it
+    err_mean: np.ndarray  # the sensor's error distribution, for `threshold_error`
+    err_var: np.ndarray
+    held: np.ndarray | None  # a channel's level is still off (`clear_level`): an open alert may not clear
+
+
 class Engine:
     """Steps many sensors through one shared network, each with its own state."""
 
@@ -134,6 +194,22 @@ class Engine:
         self.stats = EngineStats()
         self._max_ts = -np.inf
         self._last_idle_sweep = -np.inf
+
+    @classmethod
+    def for_model(cls, model: Model, config: DetectorConfig, channels: int) -> Engine:
+        """An engine for a loaded model: its network, with state records stamped with its weights' hash.
+
+        A model fitted on inputs normalised over another `norm_window` than the engine's sees inputs scaled
+        unlike those it learnt from: that is logged as a warning naming both windows (not refused: the
+        setting is a legitimate thing to tune).
+        """
+        trained = (model.meta.get("trained") or {}).get("config") or {}
+        window = trained.get("norm_window")
+        if window is not None and float(window) != config.norm_window:
+            log.warning("model %s was fitted with norm_window = %g but the engine normalises with norm_window = %g: "
+                        "its forecasts will be off; set norm_window = %g or retrain (hiddenstate train --config)",
+                        model.model_id, float(window), config.norm_window, float(window))
+        return cls(model.network, config, channels, model.meta.get("sha256", ""))
 
     def step(
         self,
@@ -171,16 +247,16 @@ class Engine:
         # (e.g. a flood of new ids) is stepped a pool-full at a time, evicting as it goes, instead of failing.
         chunk = self.pool.capacity
         for start in range(0, accepted.size, chunk):
-            rows = accepted[start:start + chunk]
-            ids = result.sensor_ids if rows.size == n else [result.sensor_ids[i] for i in rows.tolist()]
+            positions = accepted[start:start + chunk]
+            ids = result.sensor_ids if positions.size == n else [result.sensor_ids[i] for i in positions.tolist()]
             slots = self.pool.assign(ids)
             if (slots < 0).any():  # ids the pool refused: empty or too long
-                status[rows[slots < 0]] = RejectReason.BAD_SENSOR_ID
-                rows, slots = rows[slots >= 0], slots[slots >= 0]
-            for wave in _waves(slots):
-                self._step_wave(result, rows[wave], slots[wave], values)
-            if rows.size:
-                self._max_ts = max(self._max_ts, float(ts[rows].max()))
+                status[positions[slots < 0]] = RejectReason.BAD_SENSOR_ID
+                positions, slots = positions[slots >= 0], slots[slots >= 0]
+            for members in _waves(slots):
+                self._step_wave(result, positions[members], slots[members], values)
+            if positions.size:
+                self._max_ts = max(self._max_ts, float(ts[positions].max()))
         rejected = status != SCORED
         if rejected.any():
             for code in np.unique(status[rejected]).tolist():
@@ -202,81 +278,87 @@ class Engine:
             status[ok & bad_ts] = RejectReason.BAD_TIMESTAMP
             status[(status == SCORED) & bad_values] = RejectReason.NOT_FINITE
 
-    def _step_wave(self, result: StepResult, rows: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
-        cfg, pool = self.config, self.pool
-        ts = result.ts[rows]
-        st = pool.gather(slots)
+    def _step_wave(self, result: StepResult, positions: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
+        wave = self._gather(result, positions, slots, values)
+        if wave is None:
+            return
+        st = wave.state
+        if self.forecaster:
+            # A forecaster: score the reading against the forecast made at the previous one, then forecast the next.
+            self._score(result, st, Targets(
+                wave.positions, slice(None), wave.ts, wave.values, wave.mean, wave.std, wave.count,
+                expected=wave.mean + wave.std * st.forecast,
+                expected_std=wave.std * np.exp(0.5 * st.forecast_logvar),
+                has_estimate=(st.since_reset > 0) & (wave.count >= calibration.MIN_READINGS),
+            ))
+            st.forecast[:], st.forecast_logvar[:] = self._observe(wave)
+        else:
+            # A reconstruction or look-ahead model: its estimate is of the reading `delay` back (this one for
+            # delay 0), which leaves the pending line now and is scored in the frame it was seen in.
+            k = self.delay
+            ready = st.since_reset >= k  # the network has seen the released reading (not before a reset)
+            estimate, logvar = self._observe(wave)
+            released_ts, released_x, released_mean, released_std = self._release(wave)
+            at = np.flatnonzero(ready)
+            if at.size:
+                count = wave.count[at] - k
+                self._score(result, st, Targets(
+                    wave.positions[at], at, released_ts[at], released_x[at], released_mean[at], released_std[at],
+                    count,
+                    expected=released_mean[at] + released_std[at] * estimate[at],
+                    expected_std=released_std[at] * np.exp(0.5 * logvar[at]),
+                    # as for forecasters, the first reading after a reset has no estimate from before it
+                    has_estimate=(count >= calibration.MIN_READINGS) & (st.since_reset[at] > k),
+                ))
+        st.count[:] = wave.count + 1
+        st.since_reset += 1
+        st.last_ts[:] = wave.ts
+        self.pool.scatter(wave.slots, st)
+        result.alerting[wave.positions] = st.active > 0
+        self.stats.scored += int(wave.positions.size)
+
+    def _gather(self, result: StepResult, positions: np.ndarray, slots: np.ndarray, values: np.ndarray) -> Wave | None:
+        """The wave's readings with their sensors' state, less those out of order or repeated (rejected here;
+        None if that leaves none), and the hidden state of sensors back from a long gap reset."""
+        ts = result.ts[positions]
+        st = self.pool.gather(slots)
         count, last = st.count.copy(), st.last_ts.copy()
         seen = count > 0
         late = seen & (ts < last)
         dup = seen & (ts == last)
         if late.any() or dup.any():
-            result.status[rows[late]] = RejectReason.OUT_OF_ORDER
-            result.status[rows[dup]] = RejectReason.DUPLICATE
+            result.status[positions[late]] = RejectReason.OUT_OF_ORDER
+            result.status[positions[dup]] = RejectReason.DUPLICATE
             keep = ~(late | dup)
-            rows, slots, ts, count, last, seen = rows[keep], slots[keep], ts[keep], count[keep], last[keep], seen[keep]
-            if rows.size == 0:
-                return
-            st = pool.rows({b: block[keep] for b, block in st.blocks.items()})
-        x = values[rows]
+            positions, slots, ts, count, last, seen = (
+                positions[keep], slots[keep], ts[keep], count[keep], last[keep], seen[keep])
+            if positions.size == 0:
+                return None
+            st = self.pool.rows({b: block[keep] for b, block in st.blocks.items()})
         dt = np.where(seen, ts - last, 0.0)
-
-        gap = seen & (dt > cfg.max_gap)
+        gap = seen & (dt > self.config.max_gap)
         if gap.any():
             st.hidden[gap] = 0.0  # for a look-ahead model this also drops its pending readings: never scored
             st.since_reset[gap] = 0
             st.forecast[gap] = np.nan
             st.forecast_logvar[gap] = np.nan
             self.stats.gap_resets += int(gap.sum())
-
         # The reading's frame: the statistics as they are before it (they were updated at the previous reading).
         mean, var = st.norm_mean.copy(), st.norm_var.copy()
-        std = normalise.scale(mean, var)
-        if self.forecaster:
-            # A forecaster: score the reading against the forecast made at the previous one, then forecast the next.
-            has_forecast = (st.since_reset > 0) & (count >= calibration.MIN_READINGS)
-            expected = mean + std * st.forecast
-            expected_std = std * np.exp(0.5 * st.forecast_logvar)
-            self._score(result, rows, st, slice(None), ts, x, mean, std, expected, expected_std, count, has_forecast)
-            st.forecast[:], st.forecast_logvar[:] = self._observe(st, ts, x, dt, count, gap, mean, var)
-        else:
-            # A reconstruction or look-ahead model: its estimate is of the reading `delay` back (this one for
-            # delay 0), which leaves the pending line now and is scored in the frame it was seen in.
-            k = self.delay
-            ready = st.since_reset >= k  # the network has seen the released reading (not before a reset)
-            estimate, logvar = self._observe(st, ts, x, dt, count, gap, mean, var)
-            r_ts, r_x, r_mean, r_std = self._release(st, ts, x, mean, std)
-            r = np.flatnonzero(ready)
-            if r.size:
-                count_r = count[r] - k
-                expected = r_mean[r] + r_std[r] * estimate[r]
-                expected_std = r_std[r] * np.exp(0.5 * logvar[r])
-                # as for forecasters, the first reading after a reset has no estimate from before it: not scored
-                has_estimate = (count_r >= calibration.MIN_READINGS) & (st.since_reset[r] > k)
-                self._score(result, rows[r], st, r, r_ts[r], r_x[r], r_mean[r], r_std[r], expected, expected_std,
-                            count_r, has_estimate)
-        st.count[:] = count + 1
-        st.since_reset += 1
-        st.last_ts[:] = ts
-        pool.scatter(slots, st)
-        result.alerting[rows] = st.active > 0
-        self.stats.scored += int(rows.size)
+        return Wave(positions, slots, st, ts, values[positions], count, dt, gap, mean, var, normalise.scale(mean, var))
 
-    def _observe(
-        self, st: Rows, ts: np.ndarray, x: np.ndarray, dt: np.ndarray, count: np.ndarray, gap: np.ndarray,
-        mean: np.ndarray, var: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _observe(self, wave: Wave) -> tuple[np.ndarray, np.ndarray]:
         """Normalise the readings, update the statistics and step the network: its (estimate, log-variance)."""
-        cfg = self.config
+        cfg, st, ts = self.config, wave.state, wave.ts
         z, tfeat, new_mean, new_var, st.dt_mean[:] = normalise.observe(
-            mean, var, st.dt_mean, count, x, dt, cfg.norm_window, gap
+            wave.mean, wave.var, st.dt_mean, wave.count, wave.values, wave.dt, cfg.norm_window, wave.gap
         )
         # While an alert is open the reference statistics hold still, so a sustained fault keeps looking like
         # one; after `norm_window` readings of alert they move again, so a permanent change becomes normal.
         alert_age = (ts - st.alert_start) / np.maximum(st.dt_mean, 1e-9)
         frozen = ((st.active > 0) & (alert_age < cfg.norm_window))[:, None]
-        st.norm_mean[:] = np.where(frozen, mean, new_mean)
-        st.norm_var[:] = np.where(frozen, var, new_var)
+        st.norm_mean[:] = np.where(frozen, wave.mean, new_mean)
+        st.norm_var[:] = np.where(frozen, wave.var, new_var)
         features = np.empty((len(ts), self.channels, 2), dtype=np.float32)
         features[:, :, 0] = z
         features[:, :, 1] = tfeat[:, None]
@@ -287,177 +369,140 @@ class Engine:
         st.hidden[:] = hidden.numpy()
         return estimate.numpy(), logvar.numpy()
 
-    def _release(
-        self, st: Rows, ts: np.ndarray, x: np.ndarray, mean: np.ndarray, std: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _release(self, wave: Wave) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Append this reading to each sensor's pending line and take the oldest off: (ts, values, mean, std)."""
-        k, c = self.delay, self.channels
+        k, c, st = self.delay, self.channels, wave.state
         if k == 0:
-            return ts, x, mean, std
+            return wave.ts, wave.values, wave.mean, wave.std
         out = st.pending_ts[:, 0].copy(), st.pending_values[:, :c].copy(), st.pending_mean[:, :c].copy(), \
             st.pending_std[:, :c].copy()
-        for line, new, width in ((st.pending_ts, ts[:, None], 1), (st.pending_values, x, c),
-                                 (st.pending_mean, mean, c), (st.pending_std, std, c)):
+        for line, new, width in ((st.pending_ts, wave.ts[:, None], 1), (st.pending_values, wave.values, c),
+                                 (st.pending_mean, wave.mean, c), (st.pending_std, wave.std, c)):
             line[:, :-width] = line[:, width:]
             line[:, -width:] = new
         return out
 
-    def _score(
-        self,
-        result: StepResult,
-        rows: np.ndarray,
-        st: Rows,
-        r: np.ndarray | slice,
-        ts: np.ndarray,
-        x: np.ndarray,
-        mean: np.ndarray,
-        std: np.ndarray,
-        expected: np.ndarray,
-        expected_std: np.ndarray,
-        count: np.ndarray,
-        has_forecast: np.ndarray,
-    ) -> None:
-        """Score readings (rows `r` of `st`) seen at `ts` with values `x` in the frame (mean, std), against the
-        network's `expected` ± `expected_std`; advance the level, stuck-value and alert state.
-
-        `count` is the sensor's readings before each one; `has_forecast` marks those the network view scores.
-        """
+    def _score(self, result: StepResult, st: Rows, targets: Targets) -> None:
+        """Score the targets (their rows `targets.at` of the wave's state `st`); advance the level, stuck-value
+        and alert state."""
         cfg = self.config
-        n = len(ts)
-        z_res, err = calibration.standardised_error(x, expected, expected_std)
-        st.repeats[r], st.run_mean[r], stuck_score, stuck_channel = flatline.update(
-            st.last_value[r], st.repeats[r], st.run_mean[r], x, count > 0, cfg.stuck_after
+        at, x, count = targets.at, targets.values, targets.count
+        n = len(targets.ts)
+        z_res, err = calibration.standardised_error(x, targets.expected, targets.expected_std)
+        st.repeats[at], st.run_mean[at], stuck_score, stuck_channel = flatline.update(
+            st.last_value[at], st.repeats[at], st.run_mean[at], x, count > 0, cfg.stuck_after
         )
-        st.last_value[r] = x
-        z_level = np.clip((x - mean) / std, -normalise.Z_CLIP, normalise.Z_CLIP)
-        st.level[r], st.level_spread[r], level_score, level_channel, level_worst = levels.update(
-            st.level[r], st.level_spread[r], z_level, count, cfg.level_window, cfg.long_window
+        st.last_value[at] = x
+        z_level = np.clip((x - targets.mean) / targets.std, -normalise.Z_CLIP, normalise.Z_CLIP)
+        st.level[at], st.level_spread[at], level_score, level_channel, level_worst = levels.update(
+            st.level[at], st.level_spread[at], z_level, count, cfg.level_window, cfg.long_window
         )
         if self.fast_level:
-            st.level_fast[r], st.level_fast_spread[r], _, fast_channel, fast_worst = levels.update(
-                st.level_fast[r], st.level_fast_spread[r], z_level, count, cfg.level_fast_window, cfg.long_window
+            st.level_fast[at], st.level_fast_spread[at], _, fast_channel, fast_worst = levels.update(
+                st.level_fast[at], st.level_fast_spread[at], z_level, count, cfg.level_fast_window, cfg.long_window
             )
             level_score, level_channel, level_worst = levels.two_scales(
                 level_worst, level_channel, fast_worst, fast_channel, self.channels
             )
         if self.joint:
-            st.joint_level[r], st.joint_cov[r], joint_score, joint_channel = correlation.update(
-                st.joint_level[r], st.joint_cov[r], z_level, count, cfg.correlation_window, cfg.long_window
+            st.joint_level[at], st.joint_cov[at], joint_score, joint_channel = correlation.update(
+                st.joint_level[at], st.joint_cov[at], z_level, count, cfg.correlation_window, cfg.long_window
             )
         else:
             joint_score, joint_channel = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int64)
         score = np.zeros(n, dtype=np.float32)
         anomalous = np.zeros(n, dtype=bool)
-        if has_forecast.any():
-            h = slice(None) if has_forecast.all() else np.flatnonzero(has_forecast)  # positions in this call
-            f = r if isinstance(h, slice) else np.arange(len(st))[r][h]  # their rows of st
-            err_mean_before, err_var_before = st.err_mean[f], st.err_var[f]
-            s, st.err_short[f], st.err_mean[f], st.err_var[f] = calibration.score(
-                err[h], st.err_short[f], err_mean_before, err_var_before, st.scored[f],
+        if targets.has_estimate.any():
+            # The targets with an estimate are judged: their positions among the targets, and those targets.
+            which = slice(None) if targets.has_estimate.all() else np.flatnonzero(targets.has_estimate)
+            judged = targets.take(which)
+            judged_at = judged.at
+            # copies: `threshold_error` reports the statistics before the reading, whatever else is in the batch
+            err_mean_before, err_var_before = st.err_mean[judged_at].copy(), st.err_var[judged_at].copy()
+            s, st.err_short[judged_at], st.err_mean[judged_at], st.err_var[judged_at] = calibration.score(
+                err[which], st.err_short[judged_at], err_mean_before, err_var_before, st.scored[judged_at],
                 cfg.short_window, cfg.long_window,
             )
-            st.scored[f] += 1
+            st.scored[judged_at] += 1
             # The reading's score is the largest of four views: forecast error, shifted level, unusual level
             # vector (correlation), stuck value.
-            shifted = level_score[h] > s
-            s = np.maximum(s, level_score[h])
-            joint = joint_score[h] > s
-            s = np.maximum(s, joint_score[h])
-            stuck = stuck_score[h] > s
-            s = np.maximum(s, stuck_score[h])
-            score[h] = s
-            anomalous[h] = thresholds.is_anomalous(s, count[h] + 1, cfg.warmup, cfg.threshold)
+            s, cause = _largest(s, ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
+                                    (Cause.STUCK, stuck_score[which])))
+            score[which] = s
+            anomalous[which] = thresholds.is_anomalous(s, count[which] + 1, cfg.warmup, cfg.threshold)
             # Alert state can only change where something is anomalous or an alert is open.
-            if anomalous.any() or st.flags[f].any() or st.active[f].any():
-                # The channel of whichever view made the score is the reason: levels and stuck runs rank
-                # above any forecast error (their surprise is set past every finite z).
-                surprise = np.nan_to_num(np.abs(z_res[h]), nan=0.0)
-                reference = expected[h].copy()
-                shifted &= ~stuck & ~joint
-                joint &= ~stuck
-                jr = np.flatnonzero(joint)
-                surprise[jr, joint_channel[h][joint]] = JOINT_SURPRISE
-                reference[jr, joint_channel[h][joint]] = mean[h][jr, joint_channel[h][joint]]
-                sr = np.flatnonzero(shifted)
-                surprise[sr, level_channel[h][shifted]] = LEVEL_SURPRISE
-                reference[sr, level_channel[h][shifted]] = mean[h][sr, level_channel[h][shifted]]
-                kr = np.flatnonzero(stuck)
-                surprise[kr, stuck_channel[h][stuck]] = np.inf
+            if anomalous.any() or st.flags[judged_at].any() or st.active[judged_at].any():
+                # The channel of whichever view made the score is the reason.
+                surprise = np.nan_to_num(np.abs(z_res[which]), nan=0.0)
+                channel = causes.choose(cause, {
+                    Cause.FORECAST: surprise.argmax(axis=1), Cause.CORRELATION: joint_channel[which],
+                    Cause.LEVEL: level_channel[which], Cause.STUCK: stuck_channel[which],
+                })
+                pick = np.arange(len(channel))
+                by_level = (cause == Cause.LEVEL.code) | (cause == Cause.CORRELATION.code)
                 # With `clear_level`, an open alert also stays open while any one channel's level is still that
                 # far from the reference (held since the alert opened), judged on its own: the correction for
                 # looking at C channels guards against raising on chance, not against clearing too soon.
-                held = level_worst[h] >= cfg.clear_level if cfg.clear_level < 1.0 else None
-                self._advance_alerts(result, rows[h], st, f, ts[h], x[h], reference, surprise, s,
-                                     anomalous[h], err_mean_before, err_var_before, held)
+                self._advance_alerts(result, st, judged, Verdict(
+                    s, anomalous[which], cause, channel, surprise[pick, channel],
+                    expected=np.where(by_level, judged.mean[pick, channel], judged.expected[pick, channel]),
+                    seen=judged.values[pick, channel], err_mean=err_mean_before, err_var=err_var_before,
+                    held=level_worst[which] >= cfg.clear_level if cfg.clear_level < 1.0 else None,
+                ))
 
-        result.target_ts[rows] = ts
-        result.seen[rows] = x
-        result.expected[rows] = expected
-        result.residual[rows] = x - expected
-        result.score[rows] = score
-        result.anomalous[rows] = anomalous
+        positions = targets.positions
+        result.target_ts[positions] = targets.ts
+        result.seen[positions] = x
+        result.expected[positions] = targets.expected
+        result.residual[positions] = x - targets.expected
+        result.score[positions] = score
+        result.anomalous[positions] = anomalous
         self.stats.anomalous += int(anomalous.sum())
 
-    def _advance_alerts(
-        self,
-        result: StepResult,
-        rows: np.ndarray,
-        st: Rows,
-        f: np.ndarray | slice,
-        ts: np.ndarray,
-        x: np.ndarray,
-        expected: np.ndarray,
-        surprise: np.ndarray,
-        score: np.ndarray,
-        anomalous: np.ndarray,
-        err_mean: np.ndarray,
-        err_var: np.ndarray,
-        held: np.ndarray | None = None,
-    ) -> None:
-        cfg = self.config
-        quiet = score < min(cfg.clear_threshold, cfg.threshold)  # hysteresis: a lower bar to clear than to raise
-        if held is not None:
-            quiet &= ~held
+    def _advance_alerts(self, result: StepResult, st: Rows, judged: Targets, verdict: Verdict) -> None:
+        """Advance the hysteresis of the judged targets' sensors; remember each run's reason; emit events."""
+        cfg, at = self.config, judged.at
+        quiet = verdict.score < min(cfg.clear_threshold, cfg.threshold)  # hysteresis: a lower bar to clear
+        if verdict.held is not None:
+            quiet &= ~verdict.held
         t = alerts.update(
-            st.flags[f], st.active[f] > 0, st.calm[f], st.peak[f], anomalous, score, cfg.raise_k, cfg.raise_n, cfg.clear_m,
-            quiet,
+            st.flags[at], st.active[at] > 0, st.calm[at], st.peak[at], verdict.anomalous, verdict.score,
+            cfg.raise_k, cfg.raise_n, cfg.clear_m, quiet,
         )
-        st.flags[f], st.active[f], st.calm[f], st.peak[f] = t.flags, t.active, t.calm, t.peak
+        st.flags[at], st.active[at], st.calm[at], st.peak[at] = t.flags, t.active, t.calm, t.peak
 
         # Remember the most surprising reading of the run of anomalies: that is the alert's reason.
-        channel = surprise.argmax(axis=1)
-        worst = surprise.max(axis=1)
-        pick = np.arange(len(worst))
-        idx = np.arange(len(st))[f]
-        worse = anomalous & (worst > st.cause_z[f])
+        surprise = causes.pack(verdict.cause, verdict.surprise)
+        state_rows = np.arange(len(st))[at]
+        worse = verdict.anomalous & (surprise > st.cause_z[at])
         if worse.any():
-            w = idx[worse]
-            st.cause_z[w] = worst[worse]
-            st.cause_channel[w] = channel[worse]
-            st.cause_expected[w] = expected[pick[worse], channel[worse]]
-            st.cause_seen[w] = x[pick[worse], channel[worse]]
+            w = state_rows[worse]
+            st.cause_z[w] = surprise[worse]
+            st.cause_channel[w] = verdict.channel[worse]
+            st.cause_expected[w] = verdict.expected[worse]
+            st.cause_seen[w] = verdict.seen[worse]
 
         for i in np.flatnonzero(t.raised | t.cleared).tolist():
-            j = int(idx[i])
+            j, ts, sensor = int(state_rows[i]), float(judged.ts[i]), result.sensor_ids[judged.positions[i]]
             if t.raised[i]:
-                st.alert_start[j] = ts[i]
+                st.alert_start[j] = ts
                 event = AlertEvent(
-                    AlertKind.RAISE, result.sensor_ids[rows[i]], float(ts[i]), float(ts[i]), float(score[i]),
-                    int(st.cause_channel[j]), float(st.cause_expected[j]), float(st.cause_seen[j]),
-                    cause=_cause(float(st.cause_z[j])),
-                    threshold_error=thresholds.error_threshold(float(err_mean[i]), float(err_var[i]), cfg.threshold),
+                    AlertKind.RAISE, sensor, ts, ts, float(verdict.score[i]), int(st.cause_channel[j]),
+                    float(st.cause_expected[j]), float(st.cause_seen[j]), cause=causes.unpack(float(st.cause_z[j])),
+                    threshold_error=thresholds.error_threshold(float(verdict.err_mean[i]), float(verdict.err_var[i]),
+                                                               cfg.threshold),
                 )
                 self.stats.alerts_raised += 1
             else:
-                c = int(channel[i])
                 event = AlertEvent(
-                    AlertKind.CLEAR, result.sensor_ids[rows[i]], float(ts[i]), float(st.alert_start[j]),
-                    float(score[i]), c, float(expected[i, c]), float(x[i, c]), peak_score=float(st.peak[j]),
+                    AlertKind.CLEAR, sensor, ts, float(st.alert_start[j]), float(verdict.score[i]),
+                    int(verdict.channel[i]), float(verdict.expected[i]), float(verdict.seen[i]),
+                    peak_score=float(st.peak[j]),
                 )
                 self.stats.alerts_cleared += 1
             result.events.append(event)
-        quiet = idx[(t.flags == 0) & ~t.active]
-        st.cause_z[quiet] = 0.0
+        over = state_rows[(t.flags == 0) & ~t.active]  # no run of anomalies, no alert: no reason kept
+        st.cause_z[over] = 0.0
 
     def export_state(self, sensor_ids: Sequence[str]) -> list[bytes | None]:
         """Each sensor's state as a record (see `state_codec`), None for sensors not held."""
@@ -497,6 +542,16 @@ class Engine:
         if self._max_ts - self._last_idle_sweep >= ttl / 10:
             self._last_idle_sweep = self._max_ts
             self.pool.evict_idle(self._max_ts, ttl)
+
+
+def _largest(score: np.ndarray, views: Sequence[tuple[Cause, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The largest of the forecast view's `score` and the other views' (in order; a tie goes to the earlier
+    one), and which view made it: (score, `Cause` codes)."""
+    cause = np.zeros(len(score), dtype=np.int8)  # Cause.FORECAST
+    for view, view_score in views:
+        cause[view_score > score] = view.code
+        score = np.maximum(score, view_score)
+    return score, cause
 
 
 def _waves(slots: np.ndarray) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from detector.replay import ReplayResult
-from detector.readings.coerce import SCORED
+from detector.readings.reasons import SCORED
 
 MAX_SENSORS = 6
 MAX_AXES = 16

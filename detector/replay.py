@@ -29,7 +29,7 @@ from detector.api import Detector
 from detector.engine import EngineStats
 from detector.errors import InputFileError
 from detector.readings.files import Readings, read_readings
-from detector.readings.coerce import SCORED, RejectReason
+from detector.readings.reasons import SCORED, RejectReason
 
 PENDING = -1
 """Status of a row a look-ahead model accepted but never scored: no later reading of its sensor released it."""

@@ -267,3 +267,24 @@ def test_a_permanent_change_becomes_normal_and_its_alert_clears(small_model):
     assert raised and raised[0] < 1010
     assert cleared and cleared[0] < 2000  # the reference moved on after ~norm_window readings of alert
     assert not r.alerting[2500:].any()
+
+
+def test_an_alerts_reason_does_not_depend_on_the_rest_of_its_batch(small_model):
+    """`threshold_error` is the sensor's error level before the reading, whether the sensor is alone in its
+    batch or scored beside a sensor seen for the first time (it used to be the level after it when alone)."""
+    values = noisy_sine(80)
+    values[40:] += 30
+    raised = []
+    for with_new in (False, True):
+        det = Detector(small_model, config=CONFIG, channels=1)
+        events = []
+        for t in range(80):
+            ids, ts, rows = ["a"], [float(t)], [values[t]]
+            if with_new and t >= 40:
+                ids.append(f"new{t}")
+                ts.append(float(t))
+                rows.append([1.0])
+            result = det.score_arrays(ids, np.array(ts), np.array(rows))
+            events += [e.as_dict() for e in result.events if e.sensor_id == "a"]
+        raised.append(events)
+    assert raised[0] and raised[0] == raised[1]

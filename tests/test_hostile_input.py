@@ -148,7 +148,7 @@ def test_a_flood_of_new_sensor_ids_stays_within_capacity(n, seed):
     _check(service, outputs, readings)
     pool = service.engine.pool
     assert service.stats.scored == n and len(pool) == 16
-    assert not service._touched and len(service._owner) <= 2 * 16 + 1024  # nothing else keeps every id
+    assert not service.ownership.touched and len(service.ownership.owner) <= 2 * 16 + 1024  # nothing else keeps every id
     assert pool.stats.evicted_capacity == len({m[1] for m in messages}) - 16
 
 

@@ -31,7 +31,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from consumers.broker_access import BrokerAccessError
 from consumers.config import ServiceConfig
-from consumers.service import ScoringService, serve
+from consumers.process import serve
+from consumers.service import ScoringService
 from detector.config import DetectorConfig
 from detector.model.store import untrained
 from tests.kafka_broker import SCRIPT, header, topic_partitions, unique_name

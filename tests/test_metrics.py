@@ -20,10 +20,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.config import ServiceConfig
+from consumers.config import ServiceConfig, load_service_config
 from consumers.logs import configure_logging
 from consumers.metrics import ArrayHistogram, HttpEndpoints
-from consumers.service import ScoringService, StopRequested
+from consumers.errors import StopRequested
+from consumers.service import ScoringService
 from detector.version import __version__
 from detector.config import DetectorConfig
 from detector.model.store import untrained
@@ -215,14 +216,14 @@ def test_health_fails_when_a_loop_is_stale(model):
     service = ScoringService(_config(health_stall_seconds=2.0), model)
     assert service.health()[0]  # nothing started: nothing stale
     now = time.monotonic()
-    service._tick = now
-    service._running, service._beat = True, now - 5
+    service.monitor.tick = now
+    service.monitor.running, service.monitor.beat = True, now - 5
     ok, checks = service.health()
     assert not ok and not checks["processing_loop"][0] and checks["event_loop"][0]
     assert "limit 2s" in checks["processing_loop"][1]
-    service._beat = now
+    service.monitor.beat = now
     assert service.health()[0]
-    service._tick = now - 10
+    service.monitor.tick = now - 10
     ok, checks = service.health()
     assert not ok and not checks["event_loop"][0]
 
@@ -280,7 +281,7 @@ def test_config_fields_and_validation():
         ServiceConfig(metrics_port=70_000)
     os.environ["HIDDENSTATE_METRICS_PORT"] = "9200"
     try:
-        assert ServiceConfig().metrics_port == 9200
+        assert load_service_config().metrics_port == 9200
     finally:
         del os.environ["HIDDENSTATE_METRICS_PORT"]
 

@@ -86,3 +86,17 @@ def test_model_object_is_reused_not_copied():
     assert isinstance(model, Model)
     det = Detector(model, channels=1)
     assert det.engine.network is model.network
+
+
+def test_a_model_fitted_with_another_norm_window_is_named_at_load(caplog):
+    """`TrainConfig.norm_window` must match the engine's: the engine says so when they differ."""
+    import logging
+
+    from detector import Detector, DetectorConfig
+
+    with caplog.at_level(logging.WARNING, logger="hiddenstate.engine"):
+        Detector("gru-default", config=DetectorConfig(), channels=1)
+    assert not caplog.records  # shipped with norm_window = 500, the default
+    with caplog.at_level(logging.WARNING, logger="hiddenstate.engine"):
+        Detector("gru-default", config=DetectorConfig(norm_window=200), channels=1)
+    assert any("norm_window = 500" in r.getMessage() and "norm_window = 200" in r.getMessage() for r in caplog.records)

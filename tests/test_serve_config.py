@@ -52,7 +52,7 @@ def test_file_then_env_then_flags(tmp_path, monkeypatch):
 
 def test_nested_detector_env(monkeypatch):
     monkeypatch.setenv("HIDDENSTATE_DETECTOR__WARMUP", "17")
-    assert ServiceConfig().detector.warmup == 17
+    assert load_service_config().detector.warmup == 17
 
 
 def test_invalid_values_are_config_errors(tmp_path):
@@ -99,7 +99,7 @@ def test_serve_flags_reach_the_config(monkeypatch):
         captured["config"] = config
         return 0
 
-    monkeypatch.setattr("consumers.service.serve", fake_serve)
+    monkeypatch.setattr("consumers.process.serve", fake_serve)
     parser = argparse.ArgumentParser()
     serve_command.add_arguments(parser)
     args = parser.parse_args(["--bootstrap", "h:1", "--input-topic", "a", "--input-topic", "b", "--group", "g",
@@ -153,7 +153,7 @@ def test_security_and_limit_settings_are_checked():
 def test_tune_gc_raises_the_young_generation_threshold_and_never_lowers_it():
     import gc
 
-    from consumers.service import GC_GEN0_THRESHOLD, tune_gc
+    from consumers.process import GC_GEN0_THRESHOLD, tune_gc
 
     before = gc.get_threshold()
     try:

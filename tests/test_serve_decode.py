@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.decode import DeadLetterReason, Decoder
-from detector.readings.coerce import RejectReason
+from detector.readings.reasons import RejectReason
 
 
 def one(decoder: Decoder, value: bytes | None, key: bytes | None = b"k1"):

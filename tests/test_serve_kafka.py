@@ -21,7 +21,8 @@ import pytest
 
 from consumers.config import ServiceConfig
 from consumers.decode import Decoder
-from consumers.service import ScoringService, serve
+from consumers.process import serve
+from consumers.service import ScoringService
 from detector.config import DetectorConfig
 from detector.engine import Engine
 from detector.model.store import Model, load_model, save_model, shipped_model_names, untrained

@@ -79,3 +79,24 @@ def test_per_message_records_hold_the_per_reading_scores_and_alerts_keep_their_s
         source = orjson.loads(records[int(h["source_offset"])].value)
         assert event["sensor_id"] == "s01" == source["sensor_id"]
         assert source["ts"][int(h["source_index"])] == event["ts"]
+
+
+def test_per_message_records_of_named_channels(model):
+    """Columns by channel name, more than one channel: the record's expected and values are objects of arrays
+    (orjson used to refuse the non-contiguous column slices)."""
+    ts = (T0 + 10.0 * np.arange(8)).tolist()
+    value = orjson.dumps({"sensor_id": "p", "ts": ts, "values": {"flow": [1.0 + 0.1 * k for k in range(8)],
+                                                                   "temp": [40.0 + k for k in range(8)]}})
+    records = [ConsumerRecord("in", 0, 0, 0, 0, b"p", value, None, 3, len(value), [])]
+    cfg = ServiceConfig(bootstrap_servers="127.0.0.1:1", input_topics=["in"], scores_topic="scores",
+                        alerts_topic="alerts", dead_letter_topic="dlq", group_id="g", checkpoints_enabled=False,
+                        score_records="per_message", detector=DetectorConfig(channels=2))
+    service = ScoringService(cfg, model)
+
+    async def go() -> list:
+        decoded = service.decoder.decode([(m.key, m.value) for m in records])
+        return service._outputs(records, decoded, await service._score(decoded))
+
+    (doc,) = [orjson.loads(o.value) for o in asyncio.run(go()) if o.topic == "scores"]
+    assert doc["ts"] == ts and sorted(doc["values"]) == ["flow", "temp"]
+    assert doc["values"]["temp"] == [40.0 + k for k in range(8)] and len(doc["expected"]["flow"]) == 8

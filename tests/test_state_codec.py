@@ -61,3 +61,20 @@ def test_unreadable_records_are_refused_not_fatal(small_model):
     report = two_channel.engine.import_state(["a", "b", "c"], [good, b"garbage", good[:-1]])
     assert (report.restored, report.refused) == (0, 3)
     assert len(two_channel) == 0
+
+
+def test_a_reordered_layout_is_refused(small_model, monkeypatch):
+    """Two fields of one width that trade places would be read into each other: the checksum must see it."""
+    from detector.state import pool as pool_module
+
+    det = Detector(small_model, config=CONFIG, channels=1)
+    _feed(det, noisy_sine(40, seed=3), 0, 40, sensors=("a",))
+    records = det.engine.export_state(["a"])
+    names = list(pool_module._FIELDS)
+    i, j = names.index("err_mean"), names.index("err_var")
+    names[i], names[j] = names[j], names[i]
+    monkeypatch.setattr(pool_module, "_FIELDS", {n: pool_module._FIELDS[n] for n in names})
+    reordered = Detector(small_model, config=CONFIG, channels=1)
+    assert reordered.engine.codec.record_size == det.engine.codec.record_size
+    report = reordered.engine.import_state(["a"], records)
+    assert (report.restored, report.refused) == (0, 1)

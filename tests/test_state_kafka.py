@@ -476,7 +476,7 @@ def test_existing_changelog_that_is_not_compacted_is_warned(kafka_bootstrap, mod
             await asyncio.sleep(0.1)
         with caplog.at_level(logging.WARNING, logger="hiddenstate.serve"):
             async with ScoringService(cfg, model) as service:
-                partitions = service._changelog_partitions
+                partitions = service.checkpoints.partitions
         return cfg, partitions
 
     cfg, partitions = asyncio.run(scenario())
@@ -487,7 +487,7 @@ def test_existing_changelog_that_is_not_compacted_is_warned(kafka_bootstrap, mod
 
 def _states(model, sensors: int, steps: int, seed: int) -> tuple[list[str], list[bytes], Engine]:
     rng = np.random.default_rng(seed)
-    engine = Engine(model.network, DETECTOR, 1, model.meta.get("sha256", ""))
+    engine = Engine.for_model(model, DETECTOR, 1)
     ids = [f"dev-{i:06d}" for i in range(sensors)]
     for t in range(steps):
         engine.step(ids, np.full(sensors, 1_700_000_000.0 + 10 * t), 10 + rng.standard_normal((sensors, 1)))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -40,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from consumers.config import load_service_config
 from consumers.errors import ProduceError
 from detector.errors import HiddenstateError, InputFileError
 from detector.readings.files import Readings, read_readings
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_TOPIC = "sensor-readings"
 ACK_WINDOW = 20_000
 """Most messages sent but not yet acknowledged; the producer waits for acks beyond this."""
@@ -54,9 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="CSV or JSON-lines files (.gz allowed)")
     parser.add_argument(
         "--bootstrap", metavar="HOST:PORT[,...]",
-        default=os.environ.get("HIDDENSTATE_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
-        help=f"bootstrap servers (default HIDDENSTATE_BOOTSTRAP_SERVERS, else {DEFAULT_BOOTSTRAP})",
+        help="bootstrap servers (default: bootstrap_servers of --config's [service] table or "
+             "HIDDENSTATE_BOOTSTRAP_SERVERS, as `serve` reads them; else 127.0.0.1:9092)",
     )
+    parser.add_argument("--config", metavar="FILE", help="TOML file whose [service] bootstrap_servers to use")
     parser.add_argument("--topic", default=DEFAULT_TOPIC,
                         help=f"topic to write the readings to (default {DEFAULT_TOPIC})")
     parser.add_argument("--rate", type=float, default=0.0, metavar="READINGS_PER_S",
@@ -321,8 +321,9 @@ def run(args: argparse.Namespace) -> int:
             raise ProduceError("--columnar writes batches: give --batch-per-message N with N above 1 too")
         if args.connect_timeout <= 0:
             raise ProduceError("--connect-timeout must be positive")
+        bootstrap = load_service_config(args.config, bootstrap_servers=args.bootstrap).bootstrap_servers
         asyncio.run(produce_files(
-            args.files, args.bootstrap, args.topic, rate=args.rate, time_column=args.time_column,
+            args.files, bootstrap, args.topic, rate=args.rate, time_column=args.time_column,
             sensor_column=args.sensor_column, value_columns=columns, loop=args.loop,
             connect_timeout=args.connect_timeout, progress=not args.quiet, summary=summary,
             per_message=args.batch_per_message, columnar=args.columnar,

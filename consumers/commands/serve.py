@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 from detector.cli.options import add_detector_arguments, config_from_args
@@ -51,20 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="address of /metrics, /healthz, /readyz (default 0.0.0.0)")
     obs.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="port of /metrics, /healthz, /readyz (default 9108; 0 = any free port)")
-    obs.add_argument("--log-level", default=os.environ.get("HIDDENSTATE_LOG_LEVEL", "INFO"),
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                     help="log level (default INFO, or HIDDENSTATE_LOG_LEVEL); logs go to stderr")
-    obs.add_argument("--log-format", default=os.environ.get("HIDDENSTATE_LOG_FORMAT", "text"),
-                     choices=["text", "json"],
-                     help="text lines, or one JSON object per line (default text, or HIDDENSTATE_LOG_FORMAT)")
+    obs.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="log level (default INFO); logs go to stderr")
+    obs.add_argument("--log-format", choices=["text", "json"],
+                     help="text lines, or one JSON object per line (default text)")
 
 
 def run(args: argparse.Namespace) -> int:
     from consumers.config import load_service_config
     from consumers.logs import configure_logging
-    from consumers.service import serve
-    from detector.errors import ConfigError
-
+    from consumers.process import serve
     config = load_service_config(
         args.config,
         detector=config_from_args(args),
@@ -86,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
         transactional_id=args.transactional_id,
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
+        log_level=args.log_level,
+        log_format=args.log_format,
     )
-    if args.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR") or args.log_format not in ("text", "json"):
-        raise ConfigError(f"invalid HIDDENSTATE_LOG_LEVEL/HIDDENSTATE_LOG_FORMAT: {args.log_level}/{args.log_format}")
-    configure_logging(args.log_level, args.log_format, secrets=config.secrets())
+    configure_logging(config.log_level, config.log_format, secrets=config.secrets())
     return asyncio.run(serve(config))
 
 

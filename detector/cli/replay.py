@@ -21,7 +21,7 @@ from detector.cli.options import add_detector_arguments, config_from_args
 from detector.config import DetectorConfig
 from detector.errors import HiddenstateError, InputFileError
 from detector.plotting import plot_replay
-from detector.readings.coerce import SCORED
+from detector.readings.reasons import SCORED
 from detector.readings.files import file_stem
 from detector.replay import PENDING, ReplayResult, iso_times, replay_files, write_alerts, write_scores
 

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 
 from detector.version import __version__
-from detector.errors import InputFileError
+from detector.config import load_config
+from detector.errors import ConfigError, InputFileError
 from detector.model.store import CARD, save_model
 from detector.model.networks import ACTIVATIONS
 from detector.model.training import Callbacks, EpochReport, TrainConfig, pad_lanes, prepare, train
+from detector.settings import load_settings
 
 CHECKPOINT = "checkpoint.pt"
 MIN_READINGS = 16
@@ -48,28 +50,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=3000, help="steps per simulated sensor (default 3000)")
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--name", help="model name (default: the directory's name)")
+    parser.add_argument("--config", metavar="FILE", help="TOML file: its [train] table (flags win, then "
+                        "HIDDENSTATE_TRAIN_* variables) and the [detector] norm_window the engine will use")
     arch = parser.add_argument_group("network")
-    arch.add_argument("--arch", choices=["gru", "lstm", "rnn", "encdec", "bidir"], default="gru",
+    arch.add_argument("--arch", choices=["gru", "lstm", "rnn", "encdec", "bidir"],
                       help="architecture (default gru)")
-    arch.add_argument("--activation", choices=ACTIVATIONS, default="tanh", help="rnn activation (default tanh)")
-    arch.add_argument("--negative-slope", type=float, default=0.01,
+    arch.add_argument("--activation", choices=ACTIVATIONS, help="rnn activation (default tanh)")
+    arch.add_argument("--negative-slope", type=float,
                       help="leaky_relu slope, or prelu's initial learned slope (default 0.01)")
-    arch.add_argument("--hidden", type=int, default=32, help="hidden units per layer (default 32)")
-    arch.add_argument("--layers", type=int, default=1, help="stacked layers (default 1)")
-    arch.add_argument("--window", type=int, default=32, help="encdec: readings per window (default 32)")
-    arch.add_argument("--lookahead", type=int, default=4, help="bidir: readings of look-ahead k (default 4)")
+    arch.add_argument("--hidden", type=int, help="hidden units per layer (default 32)")
+    arch.add_argument("--layers", type=int, help="stacked layers (default 1)")
+    arch.add_argument("--window", type=int, help="encdec: readings per window (default 32)")
+    arch.add_argument("--lookahead", type=int, help="bidir: readings of look-ahead k (default 4)")
     fit = parser.add_argument_group("fitting")
     fit.add_argument("--k1", type=int, help="TBPTT: steps between parameter updates (default 64)")
     fit.add_argument("--k2", type=int, help="TBPTT: steps backpropagated, >= k1 (default k1)")
     fit.add_argument("--chunk", type=int, help="shorthand for --k1 N --k2 N")
-    fit.add_argument("--epochs", type=int, default=8, help="most epochs; the best by validation loss is kept")
-    fit.add_argument("--patience", type=int, default=3,
+    fit.add_argument("--epochs", type=int, help="most epochs; the best by validation loss is kept")
+    fit.add_argument("--patience", type=int,
                      help="stop after this many epochs without a better validation loss (default 3; 0: never)")
-    fit.add_argument("--batch-lanes", type=int, default=128, help="lanes (sensor channels) per batch (default 128)")
-    fit.add_argument("--lr", type=float, default=3e-3)
-    fit.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (default 1.0)")
-    fit.add_argument("--val-fraction", type=float, default=0.1, help="share of sensors held out for validation")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--batch-lanes", type=int, help="lanes (sensor channels) per batch (default 128)")
+    fit.add_argument("--lr", type=float, help="Adam learning rate (default 0.003)")
+    fit.add_argument("--clip", type=float, help="gradient norm clipping (default 1.0)")
+    fit.add_argument("--val-fraction", type=float, help="share of sensors held out for validation")
+    fit.add_argument("--seed", type=int, help="seed of the split, the shuffles and the weights (default 0)")
     fit.add_argument("--resume", action="store_true", help=f"continue from {CHECKPOINT} in --out")
     fit.add_argument("--keep-checkpoint", action="store_true", help=f"keep {CHECKPOINT} after writing the model")
     parser.add_argument("--time-column", help="timestamp column (default: detected)")
@@ -78,16 +82,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    k1 = args.k1 or args.chunk or 64
+    """The TrainConfig from --config's [train] table, HIDDENSTATE_TRAIN_* variables and the flags.
+
+    The inputs are normalised as the engine will normalise them: `norm_window` comes from the same
+    file's [detector] settings (and HIDDENSTATE_NORM_WINDOW), and is recorded in the model.
+    """
+    k1 = args.k1 or args.chunk
     k2 = args.k2 or (args.chunk if args.chunk and not args.k1 else k1)
     try:
-        return TrainConfig(
+        return load_settings(
+            TrainConfig, args.config,
             architecture=args.arch, hidden_size=args.hidden, layers=args.layers, activation=args.activation,
             negative_slope=args.negative_slope, window=args.window, lookahead=args.lookahead, k1=k1, k2=k2,
             epochs=args.epochs, batch_lanes=args.batch_lanes, lr=args.lr, clip=args.clip,
             val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+            norm_window=load_config(args.config).norm_window,
         )
-    except ValueError as exc:
+    except ConfigError as exc:
         raise InputFileError(str(exc)) from None
 
 
@@ -97,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.synthetic:
         from detector.readings.synthetic import Fleet
 
-        ts, values, _ = Fleet(args.synthetic, seed=args.seed + 1, anomaly_rate=0.0).run(args.steps)
+        ts, values, _ = Fleet(args.synthetic, seed=cfg.seed + 1, anomaly_rate=0.0).run(args.steps)
         x, y = prepare(ts, values, cfg.norm_window)
         data: dict[str, Any] = {"source": "detector.readings.synthetic.Fleet (anomaly-free)", "sensors": args.synthetic,
                                 "steps": args.steps}
@@ -122,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         summary=SUMMARIES[cfg.architecture].format(**hp),
         trained={
             "data": data,
-            "config": vars(cfg),
+            "config": cfg.model_dump(),
             "command": "hiddenstate train " + " ".join(_argv(args, cfg)),
             "hiddenstate": __version__,
             "torch": torch.__version__,

@@ -26,45 +26,57 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 from detector.scoring import normalise
 from detector.errors import HiddenstateError
 from detector.model.store import Model
 from detector.model.networks import Network, build_network, masked_nll
+from detector.settings import Settings
 
 CHECKPOINT_FORMAT = 1
 
 
-@dataclass
-class TrainConfig:
-    architecture: str = "gru"
-    hidden_size: int = 32
-    layers: int = 1
+class TrainConfig(Settings):
+    """How `hiddenstate train` fits a network: the `[train]` table, HIDDENSTATE_TRAIN_* variables, then flags."""
+
+    table: ClassVar[str] = "train"
+    env_prefix: ClassVar[str] = "HIDDENSTATE_TRAIN_"
+
+    architecture: Literal["gru", "lstm", "rnn", "encdec", "bidir"] = "gru"
+    hidden_size: int = Field(32, ge=1)
+    layers: int = Field(1, ge=1)
     activation: str = "tanh"  # rnn only
     negative_slope: float = 0.01  # rnn leaky_relu (fixed) and prelu (initial)
-    window: int = 32  # encdec only
-    lookahead: int = 4  # bidir only
-    k1: int = 64  # steps between updates
-    k2: int = 64  # steps backpropagated (≥ k1)
-    epochs: int = 8
-    batch_lanes: int = 128
-    lr: float = 3e-3
-    clip: float = 1.0
-    val_fraction: float = 0.1
-    patience: int = 3  # epochs without a better validation loss before stopping (0: never stop early)
-    norm_window: float = 500.0
+    window: int = Field(32, ge=1)  # encdec only
+    lookahead: int = Field(4, ge=1)  # bidir only
+    k1: int = Field(64, ge=1, description="TBPTT: steps between updates.")
+    k2: int | None = Field(None, ge=1, description="TBPTT: steps backpropagated (>= k1; default k1).")
+    epochs: int = Field(8, ge=1)
+    batch_lanes: int = Field(128, ge=1)
+    lr: float = Field(3e-3, ge=0)
+    clip: float = Field(1.0, gt=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    patience: int = Field(3, ge=0, description="Epochs without a better validation loss before stopping (0: never).")
+    norm_window: float = Field(500.0, gt=1, description="The engine's `norm_window` the inputs are normalised with;"
+                               " `hiddenstate train` takes it from the [detector] settings, and the engine checks it"
+                               " against the model's at load.")
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.k1 <= self.k2:
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.k2 is None:
+            object.__setattr__(self, "k2", self.k1)
+        if self.k2 < self.k1:
             raise ValueError(f"TBPTT needs 1 <= k1 <= k2, got k1={self.k1}, k2={self.k2}")
+        return self
 
     def network_hyperparameters(self) -> dict[str, Any]:
         hp: dict[str, Any] = {"architecture": self.architecture, "hidden_size": self.hidden_size, "layers": self.layers}
@@ -364,7 +376,7 @@ def _save_checkpoint(path: Path, config: TrainConfig, fingerprint: str, net: Net
                      seconds: tuple[float, float]) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
-        "config": json.dumps(asdict(config), sort_keys=True),
+        "config": json.dumps(config.model_dump(), sort_keys=True),
         "data": fingerprint,
         "epoch": epoch,
         "seconds": seconds[0],  # wall clock
@@ -390,7 +402,7 @@ def _check_resumable(saved: dict, config: TrainConfig, fingerprint: str, path: P
             f"{path} has checkpoint format {saved.get('format')!r}; this version reads {CHECKPOINT_FORMAT}"
         )
     then = json.loads(saved["config"])
-    now = asdict(config)
+    now = config.model_dump()
     then.pop("epochs", None)
     now.pop("epochs", None)  # a resumed run may be given more (or fewer) epochs
     if then != now:

@@ -1,18 +1,15 @@
-"""Why a reading is rejected, and turning loose Python values into the engine's arrays.
-
-A rejected reading leaves its sensor's state untouched and is reported with one
-`RejectReason`, so the service can dead-letter it and the metrics can count it.
-"""
+"""Turning loose Python values (ids, timestamps, values) into the engine's arrays, or a `RejectReason`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
-from enum import IntEnum
 from numbers import Real
 
 import numpy as np
+
+from detector.readings.reasons import RejectReason
+from detector.readings.timestamps import to_seconds
 
 MAX_SENSOR_ID_LENGTH = 256
 MAX_ABS_VALUE = 1e15
@@ -20,24 +17,6 @@ MAX_ABS_VALUE = 1e15
 this would overflow them and leave the sensor's scores NaN for good, so such readings are rejected as not_finite."""
 
 
-class RejectReason(IntEnum):
-    """Why a reading was not scored. 0 is reserved for "scored" in status arrays."""
-
-    NOT_NUMERIC = 1
-    NOT_FINITE = 2
-    WRONG_CHANNELS = 3
-    BAD_TIMESTAMP = 4
-    OUT_OF_ORDER = 5
-    DUPLICATE = 6
-    BAD_SENSOR_ID = 7
-
-    @property
-    def label(self) -> str:
-        """Lower-case name used in dead-letter headers, metrics labels and files."""
-        return self.name.lower()
-
-
-SCORED = 0
 
 
 def coerce_sensor_id(sensor_id: object) -> str | None:
@@ -51,25 +30,9 @@ def coerce_sensor_id(sensor_id: object) -> str | None:
 
 
 def coerce_timestamp(ts: object) -> float | None:
-    """Seconds since the epoch from a number, a datetime or an ISO-8601 string; None if unusable.
-
-    Naive datetimes are taken as UTC.
-    """
-    if isinstance(ts, bool):
-        return None
-    if isinstance(ts, Real):
-        value = float(ts)
-        return value if math.isfinite(value) else None
-    if isinstance(ts, str):
-        try:
-            ts = datetime.fromisoformat(ts.strip())
-        except ValueError:
-            return None
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        return ts.timestamp()
-    return None
+    """Seconds since the epoch by the one timestamp rule (`detector.readings.timestamps`); None if unusable."""
+    seconds = to_seconds(ts)
+    return seconds if math.isfinite(seconds) else None
 
 
 def coerce_values(values: object, channels: int) -> tuple[np.ndarray | None, RejectReason | None]:

@@ -19,8 +19,8 @@ What it accepts, and why:
   `{"ts": ..., "values": {"a": 1, "b": 2}}` or flat `{"ts": ..., "a": 1, "b": 2}`.
 - `.gz` compressed versions of either.
 
-Timestamps are ISO 8601 (naive ones are UTC) or epoch numbers; epoch numbers
-too large to be seconds are taken as milliseconds, microseconds or nanoseconds.
+Timestamps follow the one rule of `detector.readings.timestamps` (ISO 8601, naive = UTC, or
+epoch numbers whose unit is read from their size), as the Python API and Kafka do.
 
 Bad rows do not stop a file. A row whose timestamp cannot be read is left out
 and listed in `Readings.skipped` with its line number and why (the engine cannot
@@ -34,10 +34,9 @@ import csv
 import gzip
 import io
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -45,6 +44,7 @@ import numpy as np
 import orjson
 
 from detector.errors import InputFileError
+from detector.readings.timestamps import column_seconds, iso_seconds
 
 TIME_NAMES = ("datetime", "timestamp", "time", "ts", "date", "event_time", "_time", "time_stamp")
 """Column names taken as the timestamp, in order of preference (compared lower-case)."""
@@ -220,7 +220,7 @@ def _read_csv(
         if not rows:
             return
         cols = list(zip(*rows))
-        seconds, reasons = _parse_times(cols[layout.time])
+        seconds, reasons = column_seconds(cols[layout.time])
         keep = np.isfinite(seconds)
         if not keep.all():
             for i in np.flatnonzero(~keep).tolist():
@@ -392,7 +392,7 @@ def _mostly_dates(cells: Sequence[str]) -> bool:
     sample = [c for c in cells[:200] if c.strip()]
     if not sample:
         return False
-    good = sum(_iso_seconds(c) is not None for c in sample)
+    good = sum(iso_seconds(c) is not None for c in sample)
     return good >= 0.5 * len(sample)
 
 
@@ -458,7 +458,7 @@ def _read_jsonl(
     if channel_names is None:
         first = f"; e.g. line {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise InputFileError(f"{path} has no readable JSON objects{first}")
-    seconds, reasons = _parse_times(raw_ts)
+    seconds, reasons = column_seconds(raw_ts)
     keep = np.isfinite(seconds)
     for i in np.flatnonzero(~keep).tolist():
         skipped.append((lines[i], reasons[i]))
@@ -560,80 +560,3 @@ def _to_float(cells: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:
         except (ValueError, TypeError, OverflowError):
             pass
     return out, ok
-
-
-def _iso_seconds(text: str) -> float | None:
-    """Seconds since the epoch of an ISO 8601 date/datetime string (naive = UTC), or None."""
-    try:
-        stamp = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
-    return stamp.timestamp()
-
-
-def epoch_scale(seconds: np.ndarray) -> float:
-    """Divisor turning epoch numbers into seconds: 1, or 1e3/1e6/1e9 when they are too large to be seconds.
-
-    1e11 seconds is the year 5138, so larger values are taken as milli-, micro- or nanoseconds.
-    """
-    finite = np.abs(seconds[np.isfinite(seconds)])
-    if finite.size == 0:
-        return 1.0
-    typical = float(np.median(finite))
-    for limit, scale in ((1e17, 1e9), (1e14, 1e6), (1e11, 1e3)):
-        if typical >= limit:
-            return scale
-    return 1.0
-
-
-def _parse_times(cells: Sequence[object]) -> tuple[np.ndarray, list[str]]:
-    """Seconds since the epoch for each cell (NaN if unreadable) and, per cell, why not (else '').
-
-    Numbers are epoch times; strings ISO 8601. A whole column of numbers or of
-    dates is converted by numpy in one go (fast for 1e6 rows); only a column
-    with bad or mixed cells is parsed one cell at a time.
-    """
-    n = len(cells)
-    out = _vectorised_times(cells)
-    if out is None:
-        numbers, is_number = _to_float(cells)
-        is_number &= np.isfinite(numbers)
-        out = np.full(n, np.nan)
-        if is_number.any():
-            out[is_number] = numbers[is_number] / epoch_scale(numbers[is_number])
-        for i in np.flatnonzero(~is_number).tolist():
-            cell = cells[i]
-            value = _iso_seconds(cell) if isinstance(cell, str) else None
-            if value is not None:
-                out[i] = value
-    reasons = [""] * n
-    for i in np.flatnonzero(~np.isfinite(out)).tolist():
-        reasons[i] = f"timestamp {str(cells[i])[:40]!r} is neither an ISO 8601 date nor an epoch number"
-    return out, reasons
-
-
-def _vectorised_times(cells: Sequence[object]) -> np.ndarray | None:
-    """Epoch seconds if every cell is a number, or every cell a time-zone-less ISO date; else None."""
-    if any(type(c) is bool for c in cells):
-        return None
-    try:
-        numbers = np.asarray(cells, dtype=np.float64)
-        if numbers.ndim == 1 and np.isfinite(numbers).all():
-            return numbers / epoch_scale(numbers)
-    except (ValueError, TypeError, OverflowError):
-        pass
-    if not all(isinstance(c, str) for c in cells):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # numpy warns on time zones: those go the slow, exact way
-            stamps = np.array(cells, dtype="datetime64[us]")
-    except (ValueError, TypeError, OverflowError, Warning):
-        return None
-    if np.isnat(stamps).any():
-        return None
-    return stamps.astype(np.int64) / 1e6
-
-

@@ -7,7 +7,7 @@ small header:
 
     magic "HSST" | format u16 | channels u16 | state_size u32 | layout u32 | model 16 bytes | rows...
 
-`layout` is a checksum of the pool's field layout and `model` the first 16 bytes
+`layout` is a checksum of where each field's bytes lie in a row (block, offset, width) and `model` the first 16 bytes
 of the weights' SHA-256. A record with another format, layout, state size or
 channel count cannot be read and is refused (`Decoded.ok` is False for it). A
 record written under other weights keeps its statistics (they describe the
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.state.pool import _FIELDS, Rows, StatePool
+from detector.state.pool import Rows, StatePool
 
 MAGIC = b"HSST"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the layout checksum follows the bytes (fields by block and offset); 1 hashed them sorted by name."""
 _HEADER = struct.Struct("<4sHHII16s")
 _MODEL_AT = _HEADER.size - 16
 
@@ -49,7 +50,7 @@ class StateCodec:
         self.pool = pool
         self._specs = pool.block_specs()
         self._model = bytes.fromhex(model_sha256[:32].ljust(32, "0"))
-        layout = zlib.crc32(repr(sorted(_FIELDS.items())).encode() + repr(self._specs).encode())
+        layout = zlib.crc32(repr(pool.byte_layout()).encode() + repr(self._specs).encode())
         self._header = _HEADER.pack(MAGIC, FORMAT_VERSION, pool.channels, pool.state_size, layout, self._model)
         self.record_size = _HEADER.size + sum(w * t.itemsize for w, t in self._specs.values())
 

@@ -189,6 +189,17 @@ class StatePool:
         """Width and dtype of each block, in a fixed order."""
         return {b: (block.shape[1], block.dtype) for b, block in self._blocks.items()}
 
+    def byte_layout(self) -> list[tuple[str, str, int, int]]:
+        """(field, block, first column, end column) of every field, in the order their bytes lie in a row.
+
+        What a checkpoint record's layout checksum covers: two fields that trade places change it.
+        """
+        out = []
+        for name, (block, cols) in self._layout.items():
+            start, stop = (cols, cols + 1) if isinstance(cols, int) else (cols.start, cols.stop)
+            out.append((name, block, start, stop))
+        return sorted(out, key=lambda f: (list(self._blocks).index(f[1]), f[2], f[3]))
+
     def rows(self, blocks: dict[str, np.ndarray]) -> Rows:
         """Named views over row blocks of this pool's layout (e.g. decoded from a checkpoint)."""
         return Rows(blocks, self._layout)

@@ -1,0 +1,209 @@
+"""Getting a batch's outputs acknowledged: record batches per partition, resends, producer renewal, transactions.
+
+Outputs are sent as record batches, one open batch per topic partition (aiokafka's `BatchBuilder`,
+the producer's own batch type, which this module alone relies on): a fraction of the cost of one
+`send` per record. Keyed outputs go where `send` would put them, by Kafka's default partitioner.
+`Delivery.deliver` waits for every acknowledgement (acks=all) and resends what failed, with backoff
+and a new producer; `Delivery.transact` puts outputs and consumed offsets in one Kafka transaction
+(`processing_guarantee="exactly_once"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
+
+from consumers.clients import make_producer, quietly_stop
+from consumers.config import ServiceConfig
+from consumers.crash import crash_point
+from consumers.logs import error_text
+from consumers.metrics import ServiceStats
+from consumers.outputs import Output
+
+log = logging.getLogger("hiddenstate.serve")
+
+Sent = list[tuple[list[Output], asyncio.Future | BaseException]]
+"""Each record batch sent: its outputs, and the future of its acknowledgement (or why it could not be sent)."""
+
+
+class Delivery:
+    """The service's producer, and how outputs get through it.
+
+    heartbeat: called while retrying with backoff (retrying is progress, not a stuck loop).
+    """
+
+    def __init__(self, config: ServiceConfig, stats: ServiceStats, heartbeat: Callable[[], None]) -> None:
+        self.config = config
+        self.stats = stats
+        self.heartbeat = heartbeat
+        self.producer: AIOKafkaProducer | None = None  # started by the service, replaced here after failures
+        self._partitioner = DefaultPartitioner()  # the producer's, for outputs sent as record batches
+
+    async def deliver(self, outputs: list[Output]) -> None:
+        """Produce every output and wait for its acknowledgement, resending failures with backoff."""
+        assert self.producer is not None
+        cfg = self.config
+        pending = outputs
+        delay = cfg.retry_initial_seconds
+        while pending:
+            sent = await self._send_batches(pending)
+            waits = [f for _, f in sent if isinstance(f, asyncio.Future)]
+            if waits:
+                await asyncio.gather(*waits, return_exceptions=True)
+            failed: list[Output] = []
+            errors: list[BaseException] = []
+            for outs, f in sent:
+                exc = f if isinstance(f, BaseException) else f.exception()
+                if exc is None:
+                    continue
+                for out in outs:
+                    if isinstance(exc, MessageSizeTooLargeError) and out.topic == cfg.dead_letter_topic and out.value:
+                        # the original cannot be copied: dead-letter its headers, say it was truncated
+                        out = Output(out.topic, out.key, None,
+                                     [*out.headers, ("truncated", str(len(out.value)).encode())])
+                    failed.append(out)
+                errors.append(exc)
+            if not failed:
+                return
+            self.stats.produce_retries += len(failed)
+            log.warning("%d of %d outputs not acknowledged (%s); resending in %.1fs with a new producer",
+                        len(failed), len(pending), error_text(errors[0]), delay)
+            # not interrupted by a stop request: `serve` bounds a stuck batch by the grace period
+            await asyncio.sleep(delay)
+            self.heartbeat()
+            await self._renew_producer()
+            delay = min(delay * 2, cfg.retry_max_seconds)
+            pending = failed
+
+    async def transact(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> KafkaError | None:
+        """exactly_once: the outputs (changelog records among them) and the consumed offsets in one transaction.
+
+        Every record is acknowledged before the offsets join the transaction and it commits. Returns
+        None once committed, or the KafkaError that failed it, after aborting it (read_committed
+        readers never see its outputs) and replacing the producer. Raises ProducerFenced (another
+        instance has this transactional id: nothing can be sent any more). Counts commits and failures.
+        """
+        assert self.producer is not None
+        producer = self.producer
+        try:
+            await producer.begin_transaction()
+            sent = await self._send_batches(outputs)  # record batches join the transaction too
+            # every record acknowledged before the offsets join the transaction and it commits (aiokafka can
+            # commit a transaction whose batch failed; never let that happen)
+            failed = [f for _, f in sent if isinstance(f, BaseException)]
+            acks = await asyncio.gather(*(f for _, f in sent if isinstance(f, asyncio.Future)), return_exceptions=True)
+            failed += [ack for ack in acks if isinstance(ack, BaseException)]
+            if failed:
+                raise failed[0]
+            crash_point("produced")
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self.config.group_id)
+            crash_point("before_commit")
+            await producer.commit_transaction()
+            crash_point("committed")
+        except ProducerFenced:
+            self.stats.commit_failures += 1
+            raise
+        except KafkaError as exc:
+            self.stats.commit_failures += 1
+            with contextlib.suppress(KafkaError, AssertionError):  # AssertionError: aiokafka's fatal state
+                await producer.abort_transaction()
+            # a fresh producer (new epoch, fresh sequence numbers); its InitProducerId also aborts whatever
+            # the old one left open
+            await quietly_stop(producer)
+            self.producer = make_producer(self.config)
+            await self.producer.start()
+            return exc
+        self.stats.commits += 1
+        return None
+
+    async def flush(self) -> None:
+        """Send what the producer still holds (at close)."""
+        if self.producer is None:
+            return
+        try:
+            await self.producer.flush()
+        except KafkaError as exc:
+            log.warning("producer flush failed: %s", error_text(exc))
+
+    async def _renew_producer(self) -> None:
+        """Replace the producer by a fresh one: a new producer id, whose sequence numbers start again.
+
+        After a failed batch (one that expired while the broker was down, for instance) aiokafka's
+        idempotent producer keeps the sequence numbers it had given out, and the broker answers every
+        later batch with OutOfOrderSequenceNumber, for good. A new producer id is the way out (the Java
+        client bumps the epoch instead). Keeps trying, with backoff, while the broker is unreachable.
+        """
+        cfg = self.config
+        await quietly_stop(self.producer)
+        delay = cfg.retry_initial_seconds
+        while True:
+            producer = make_producer(cfg)
+            try:
+                await producer.start()
+            except KafkaError as exc:
+                await quietly_stop(producer)
+                log.warning("cannot start a new producer: %s; retrying in %.1fs", error_text(exc), delay)
+                await asyncio.sleep(delay)
+                self.heartbeat()
+                delay = min(delay * 2, cfg.retry_max_seconds)
+                continue
+            self.producer = producer
+            return
+
+    async def _send_batches(self, outputs: list[Output]) -> Sent:
+        """Send outputs as record batches, one open batch per topic partition; returns each batch's outputs and future.
+
+        A fraction of the cost of one `send` per record (a future, a partitioner call and an accumulator
+        append each). Keyed outputs go where `send` would put them: Kafka's default partitioner (murmur2
+        of the key). A batch is acknowledged or fails as a whole; the order within a partition is kept.
+        """
+        producer = self.producer
+        assert producer is not None
+        partitions: dict[str, list[int] | BaseException] = {}
+        chosen: dict[tuple[str, bytes | None], int] = {}  # the partitioner hashes in python: once per key and topic
+        batches: dict[tuple[str, int], tuple[BatchBuilder, list[Output]]] = {}
+        sent: Sent = []
+
+        async def send(topic: str, partition: int) -> None:
+            batch, outs = batches.pop((topic, partition))
+            try:
+                sent.append((outs, await producer.send_batch(batch, topic, partition=partition)))
+            except KafkaError as exc:
+                sent.append((outs, exc))
+
+        for out in outputs:
+            partition = out.partition
+            if partition is None and out.key is not None:
+                partition = chosen.get((out.topic, out.key))
+            if partition is None:
+                parts = partitions.get(out.topic)
+                if parts is None:
+                    try:
+                        parts = partitions[out.topic] = sorted(await producer.partitions_for(out.topic))
+                    except KafkaError as exc:
+                        parts = partitions[out.topic] = exc
+                if isinstance(parts, BaseException):
+                    sent.append(([out], parts))
+                    continue
+                partition = self._partitioner(out.key, parts, parts)
+                if out.key is not None:
+                    chosen[(out.topic, out.key)] = partition
+            slot = (out.topic, partition)
+            if slot not in batches:
+                batches[slot] = (producer.create_batch(), [])
+            if batches[slot][0].append(key=out.key, value=out.value, timestamp=None, headers=out.headers) is None:
+                await send(*slot)  # full: send it, start the next one (a first record always fits)
+                batches[slot] = (producer.create_batch(), [])
+                batches[slot][0].append(key=out.key, value=out.value, timestamp=None, headers=out.headers)
+            batches[slot][1].append(out)
+        for slot in list(batches):
+            await send(*slot)
+        return sent

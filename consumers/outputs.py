@@ -1,0 +1,199 @@
+"""What one micro-batch produces, built from its decoded messages and the engine's `StepResult`.
+
+- dead letters: one per reading rejected while decoding or by the engine, the original copied,
+  its reason and detail as headers;
+- score records: one per scored reading (`score_records = "per_reading"`), or one per input
+  message and sensor whose fields are arrays over its readings (`"per_message"`);
+- alert events: one per alert raised or cleared.
+
+Every output says where its input was read (`source_topic`, `source_partition`, `source_offset`
+and, for a reading of a batched message, `source_index`). Within a batch the dead letters come
+first, then the score records, then the alerts, each kind in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from consumers.config import ServiceConfig
+from consumers.decode import DeadLetterReason, Decoded, Decoder
+from consumers.metrics import ServiceStats
+from detector.engine import StepResult
+from detector.readings.reasons import SCORED, RejectReason
+
+log = logging.getLogger("hiddenstate.serve")
+
+JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(slots=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    partition: int | None = None  # explicit partition (changelog records); None = by key
+
+
+def source_headers(msg, index: int = -1) -> list[tuple[str, bytes]]:
+    """Where an output's input was read; `source_index`: the reading's position in a batched message."""
+    headers = [
+        ("source_topic", msg.topic.encode()),
+        ("source_partition", str(msg.partition).encode()),
+        ("source_offset", str(msg.offset).encode()),
+    ]
+    if index >= 0:
+        headers.append(("source_index", str(index).encode()))
+    return headers
+
+
+class OutputBuilder:
+    """Builds a batch's outputs and counts them in `stats` (dead letters by reason, scores, alerts)."""
+
+    def __init__(self, config: ServiceConfig, model_id: str, decoder: Decoder, stats: ServiceStats) -> None:
+        self.config = config
+        self.model_id = model_id
+        self.decoder = decoder  # its channel names, once known, name the channels of scores and alerts
+        self.stats = stats
+
+    def build(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
+        """The batch's dead letters, score records and alert events, in input order per kind."""
+        engine_rows = decoded.engine_rows
+        status = np.full(len(decoded), -1, dtype=np.int16)
+        status[engine_rows] = result.status if result is not None else decoded.status[engine_rows]
+        outputs = self._dead_letters(messages, decoded, status)
+        if result is not None:
+            outputs += self._scores(messages, decoded, result)
+            outputs += self._alerts(messages, decoded, result)
+        return outputs
+
+    def _dead_letters(self, messages: list, decoded: Decoded, status: np.ndarray) -> list[Output]:
+        """One dead letter per reading rejected while decoding or by the engine, with its reason."""
+        outputs: list[Output] = []
+        for i in np.flatnonzero(status != SCORED).tolist():
+            dead = decoded.dead[i]
+            if dead is None:
+                reject = RejectReason(int(status[i]))
+                dead = (DeadLetterReason[reject.name], decoded.details[i] or reject.detail)
+            reason, detail = dead
+            self.stats.dead_lettered[reason.value] = self.stats.dead_lettered.get(reason.value, 0) + 1
+            msg = messages[decoded.message[i]]
+            outputs.append(Output(
+                self.config.dead_letter_topic, msg.key, decoded.dead_letter_value(i, msg.value),
+                [("reason", reason.value.encode()), ("detail", detail.encode("utf-8", "replace")[:1000]),
+                 *source_headers(msg, int(decoded.index[i]))],
+            ))
+        return outputs
+
+    def _scores(self, messages: list, decoded: Decoded, result: StepResult) -> list[Output]:
+        """The score records of the scored readings the engine released (a look-ahead model scores a reading
+        `delay` readings later): one per reading, or one per input message and sensor."""
+        scored = np.flatnonzero(result.status == SCORED)
+        self.stats.scored += len(scored)
+        names = self.decoder.channel_names
+        if self.config.score_records == "per_message":
+            columns = _per_message(messages, decoded, result, scored, names)
+        else:
+            columns = _per_reading(messages, decoded, result, scored, names)
+        topic, model_id, delay = self.config.scores_topic, self.model_id, result.delay
+        outputs = []
+        for sensor, ts, score, anomalous, alerting, expected, seen, headers in zip(*columns):
+            doc = {"sensor_id": sensor, "ts": ts, "score": score, "anomalous": anomalous, "alerting": alerting,
+                   "expected": expected, "values": seen, "model": model_id}
+            if delay:
+                doc["delay"] = delay
+            outputs.append(Output(topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
+        self.stats.score_messages += len(outputs)
+        return outputs
+
+    def _alerts(self, messages: list, decoded: Decoded, result: StepResult) -> list[Output]:
+        """One record per alert event; its source headers are those of the reading that raised or cleared it."""
+        if not result.events:
+            return []
+        js = np.flatnonzero((result.status == SCORED) & result.released)
+        readings = zip((result.sensor_ids[j] for j in js.tolist()), result.target_ts[js].tolist())
+        scored_at = dict(zip(readings, decoded.engine_rows[js].tolist()))  # (sensor, ts) -> row
+        names = self.decoder.channel_names
+        outputs = []
+        for event in result.events:
+            if names and event.channel_name is None and event.channel < len(names):
+                event = dataclasses.replace(event, channel_name=names[event.channel])
+            doc = event.as_dict()
+            doc["model"] = self.model_id
+            i = scored_at.get((event.sensor_id, event.ts))
+            headers = source_headers(messages[decoded.message[i]], int(decoded.index[i])) if i is not None else []
+            outputs.append(Output(self.config.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
+            self.stats.alerts += 1
+            log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score,
+                     extra={"alert_kind": event.kind.value, "alert_id": event.alert_id,
+                            "sensor_id": event.sensor_id, "score": float(event.score)})
+        return outputs
+
+
+Columns = tuple[list, list, list, list, list, list, list, list[list[tuple[str, bytes]]]]
+"""The score records of a batch by field: sensor, ts, score, anomalous, alerting, expected, values, headers."""
+
+
+def _per_reading(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
+                 names: list[str] | None) -> Columns:
+    """One score record per released reading, its fields numbers (channels: a list, or an object by name)."""
+    js = scored[result.released[scored]]
+    row_message, row_index = decoded.message.tolist(), decoded.index.tolist()
+    rows_of, sensor_ids = decoded.engine_rows.tolist(), result.sensor_ids
+    sensors, headers = [], []
+    message_headers: dict[int, list[tuple[str, bytes]]] = {}
+    for j in js.tolist():  # python lists, numpy arrays indexed once per batch: per reading they are slow
+        i = rows_of[j]
+        m = row_message[i]
+        h = message_headers.get(m)
+        if h is None:
+            h = message_headers[m] = source_headers(messages[m])
+        if row_index[i] >= 0:  # a reading of a batched message
+            h = [*h, ("source_index", str(row_index[i]).encode())]
+        sensors.append(sensor_ids[j])
+        headers.append(h)
+    expected, seen = result.expected[js].tolist(), result.seen[js].tolist()
+    if names:
+        expected, seen = [dict(zip(names, e)) for e in expected], [dict(zip(names, v)) for v in seen]
+    return (sensors, result.target_ts[js].tolist(), result.score[js].tolist(), result.anomalous[js].tolist(),
+            result.alerting[js].tolist(), expected, seen, headers)
+
+
+def _per_message(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
+                 names: list[str] | None) -> Columns:
+    """One score record per input message and sensor, its fields arrays over the message's released readings
+    of that sensor."""
+    columns: Columns = ([], [], [], [], [], [], [], [])
+    sensors, ts, score, anomalous, alerting, expected, seen, headers = columns
+    engine_rows, released = decoded.engine_rows, result.released  # (a property: computed on each read)
+    message_of = decoded.message[engine_rows[scored]]
+    bounds = np.flatnonzero(np.diff(message_of)) + 1
+    for js in np.split(scored, bounds) if scored.size else []:
+        m = int(decoded.message[engine_rows[js[0]]])
+        if m in decoded.columns:  # one sensor
+            groups: dict[str, list[int] | np.ndarray] = {result.sensor_ids[js[0]]: js}
+        else:
+            groups = {}
+            for j in js.tolist():
+                groups.setdefault(result.sensor_ids[j], []).append(j)
+        for sensor, rows in groups.items():
+            rows = np.asarray(rows)
+            rows = rows[released[rows]]
+            if rows.size == 0:
+                continue
+            e, v = result.expected[rows], result.seen[rows]
+            sensors.append(sensor)
+            ts.append(result.target_ts[rows])
+            score.append(result.score[rows])
+            anomalous.append(result.anomalous[rows])
+            alerting.append(result.alerting[rows])
+            # columns copied: orjson writes only C-contiguous arrays
+            expected.append({n: c.copy() for n, c in zip(names, e.T)} if names else e)
+            seen.append({n: c.copy() for n, c in zip(names, v.T)} if names else v)
+            headers.append(source_headers(messages[m]))
+    return columns
