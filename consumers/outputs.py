@@ -102,8 +102,9 @@ class OutputBuilder:
             columns = _per_reading(messages, decoded, result, scored, names)
         topic, model_id, delay = self.config.scores_topic, self.model_id, result.delay
         outputs = []
-        for sensor, ts, score, anomalous, alerting, expected, seen, headers in zip(*columns):
-            doc = {"sensor_id": sensor, "ts": ts, "score": score, "anomalous": anomalous, "alerting": alerting,
+        for sensor, ts, score, surprise, anomalous, alerting, expected, seen, headers in zip(*columns):
+            doc = {"sensor_id": sensor, "ts": ts, "score": score, "surprise": surprise, "anomalous": anomalous,
+                   "alerting": alerting,
                    "expected": expected, "values": seen, "model": model_id}
             if delay:
                 doc["delay"] = delay
@@ -135,8 +136,9 @@ class OutputBuilder:
         return outputs
 
 
-Columns = tuple[list, list, list, list, list, list, list, list[list[tuple[str, bytes]]]]
-"""The score records of a batch by field: sensor, ts, score, anomalous, alerting, expected, values, headers."""
+Columns = tuple[list, list, list, list, list, list, list, list, list[list[tuple[str, bytes]]]]
+"""The score records of a batch by field: sensor, ts, score, surprise, anomalous, alerting, expected, values,
+headers."""
 
 
 def _per_reading(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
@@ -160,16 +162,16 @@ def _per_reading(messages: list, decoded: Decoded, result: StepResult, scored: n
     expected, seen = result.expected[js].tolist(), result.seen[js].tolist()
     if names:
         expected, seen = [dict(zip(names, e)) for e in expected], [dict(zip(names, v)) for v in seen]
-    return (sensors, result.target_ts[js].tolist(), result.score[js].tolist(), result.anomalous[js].tolist(),
-            result.alerting[js].tolist(), expected, seen, headers)
+    return (sensors, result.target_ts[js].tolist(), result.score[js].tolist(), result.surprise[js].tolist(),
+            result.anomalous[js].tolist(), result.alerting[js].tolist(), expected, seen, headers)
 
 
 def _per_message(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
                  names: list[str] | None) -> Columns:
     """One score record per input message and sensor, its fields arrays over the message's released readings
     of that sensor."""
-    columns: Columns = ([], [], [], [], [], [], [], [])
-    sensors, ts, score, anomalous, alerting, expected, seen, headers = columns
+    columns: Columns = ([], [], [], [], [], [], [], [], [])
+    sensors, ts, score, surprise, anomalous, alerting, expected, seen, headers = columns
     engine_rows, released = decoded.engine_rows, result.released  # (a property: computed on each read)
     message_of = decoded.message[engine_rows[scored]]
     bounds = np.flatnonzero(np.diff(message_of)) + 1
@@ -190,6 +192,7 @@ def _per_message(messages: list, decoded: Decoded, result: StepResult, scored: n
             sensors.append(sensor)
             ts.append(result.target_ts[rows])
             score.append(result.score[rows])
+            surprise.append(result.surprise[rows])
             anomalous.append(result.anomalous[rows])
             alerting.append(result.alerting[rows])
             # columns copied: orjson writes only C-contiguous arrays

@@ -40,6 +40,8 @@ class Score:
     residual: tuple[float, ...]
     rejected: RejectReason | None
     events: tuple[AlertEvent, ...]
+    surprise: float = 0.0
+    """−log10 of the tail probability behind `score` (3 at 0.999): keeps its order where the score is 1.0."""
     scored_ts: float = math.nan
     """The time of the reading scored: `ts` itself, except with a look-ahead model (`Detector.delay` k), whose
     scores come k readings late: then the sensor's reading k before this one, and NaN until it has one."""
@@ -87,6 +89,7 @@ class Detector:
             residual=tuple(result.residual[0].tolist()),
             rejected=result.reason(0),
             events=tuple(result.events),
+            surprise=float(result.surprise[0]),
             scored_ts=float(result.target_ts[0]),
         )
 

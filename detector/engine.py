@@ -22,6 +22,7 @@ import torch
 
 from detector import alerts
 from detector.scoring import calibration, causes, correlation, flatline, levels, normalise, thresholds
+from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.errors import ModelError
@@ -71,7 +72,10 @@ class StepResult:
     seen: the values of that reading.
     expected: what the network expected it to be (NaN before a sensor has an estimate).
     residual: seen − expected per channel.
-    score: calibrated score in [0, 1] (0 for rejected rows and a sensor's first reading).
+    score: calibrated score in [0, 1], float64: 1 − the tail probability of the reading under the sensor's
+        own history (0 for rejected rows and a sensor's first reading).
+    surprise: −log10 of that tail probability (≥ 0): the same order as `score`, kept into the far tail
+        where the score is 1.0 (`detector.scoring.surprise`); 3 at a score of 0.999.
     anomalous: the reading crossed the threshold (after warm-up).
     alerting: the sensor's alert is open after this row.
     events: alert raise/clear events, in input order.
@@ -83,6 +87,7 @@ class StepResult:
     expected: np.ndarray
     residual: np.ndarray
     score: np.ndarray
+    surprise: np.ndarray
     anomalous: np.ndarray
     alerting: np.ndarray
     events: list[AlertEvent]
@@ -156,11 +161,11 @@ class Targets:
 class Verdict:
     """What the views made of judged targets, row i for target i: the alert state's input."""
 
-    score: np.ndarray  # the largest of the views' scores
+    score: np.ndarray  # the score of the largest of the views' surprises
+    surprise: np.ndarray  # that surprise
     anomalous: np.ndarray
     cause: np.ndarray  # the view that made it (`Cause` codes)
     channel: np.ndarray  # the channel it names
-    surprise: np.ndarray  # the forecast error's |z| on that channel
     expected: np.ndarray  # what was expected on it: the forecast, or for LEVEL and CORRELATION its usual level
     seen: np.ndarray  # what was seen on it
     err_mean: np.ndarray  # the sensor's error distribution, for `threshold_error`
@@ -187,6 +192,8 @@ class Engine:
         """Whether sensors get the correlation view (see `correlation`)."""
         self.fast_level = config.level_fast_window > 0
         """Whether the level view also runs at a fast scale (see `levels.two_scales`)."""
+        self._clear_level = scoring_surprise.of_score(config.clear_level) if config.clear_level < 1.0 else np.inf
+        """`clear_level` as a surprise: a channel's own level surprise at or above it holds an open alert."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
                               lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
                               fast_level=self.fast_level)
@@ -233,7 +240,8 @@ class Engine:
             status=status,
             expected=np.full((n, self.channels), np.nan),
             residual=np.full((n, self.channels), np.nan),
-            score=np.zeros(n, dtype=np.float32),
+            score=np.zeros(n),
+            surprise=np.zeros(n),
             anomalous=np.zeros(n, dtype=bool),
             alerting=np.zeros(n, dtype=bool),
             events=[],
@@ -389,8 +397,8 @@ class Engine:
         at, x, count = targets.at, targets.values, targets.count
         n = len(targets.ts)
         z_res, err = calibration.standardised_error(x, targets.expected, targets.expected_std)
-        st.repeats[at], st.run_mean[at], stuck_score, stuck_channel = flatline.update(
-            st.last_value[at], st.repeats[at], st.run_mean[at], x, count > 0, cfg.stuck_after
+        st.repeats[at], st.run_mean[at], st.run_max[at], stuck_score, stuck_channel = flatline.update(
+            st.last_value[at], st.repeats[at], st.run_mean[at], st.run_max[at], x, count > 0, cfg.stuck_after
         )
         st.last_value[at] = x
         z_level = np.clip((x - targets.mean) / targets.std, -normalise.Z_CLIP, normalise.Z_CLIP)
@@ -409,8 +417,8 @@ class Engine:
                 st.joint_level[at], st.joint_cov[at], z_level, count, cfg.correlation_window, cfg.long_window
             )
         else:
-            joint_score, joint_channel = np.zeros(n, dtype=np.float32), np.zeros(n, dtype=np.int64)
-        score = np.zeros(n, dtype=np.float32)
+            joint_score, joint_channel = np.zeros(n), np.zeros(n, dtype=np.int64)
+        score, surprise = np.zeros(n), np.zeros(n)
         anomalous = np.zeros(n, dtype=bool)
         if targets.has_estimate.any():
             # The targets with an estimate are judged: their positions among the targets, and those targets.
@@ -428,14 +436,15 @@ class Engine:
             # vector (correlation), stuck value.
             s, cause = _largest(s, ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
                                     (Cause.STUCK, stuck_score[which])))
-            score[which] = s
-            anomalous[which] = thresholds.is_anomalous(s, count[which] + 1, cfg.warmup, cfg.threshold)
+            surprise[which] = s
+            score[which] = p = scoring_surprise.to_score(s)
+            anomalous[which] = thresholds.is_anomalous(p, count[which] + 1, cfg.warmup, cfg.threshold)
             # Alert state can only change where something is anomalous or an alert is open.
             if anomalous.any() or st.flags[judged_at].any() or st.active[judged_at].any():
                 # The channel of whichever view made the score is the reason.
-                surprise = np.nan_to_num(np.abs(z_res[which]), nan=0.0)
+                off = np.nan_to_num(np.abs(z_res[which]), nan=0.0)
                 channel = causes.choose(cause, {
-                    Cause.FORECAST: surprise.argmax(axis=1), Cause.CORRELATION: joint_channel[which],
+                    Cause.FORECAST: off.argmax(axis=1), Cause.CORRELATION: joint_channel[which],
                     Cause.LEVEL: level_channel[which], Cause.STUCK: stuck_channel[which],
                 })
                 pick = np.arange(len(channel))
@@ -444,10 +453,10 @@ class Engine:
                 # far from the reference (held since the alert opened), judged on its own: the correction for
                 # looking at C channels guards against raising on chance, not against clearing too soon.
                 self._advance_alerts(result, st, judged, Verdict(
-                    s, anomalous[which], cause, channel, surprise[pick, channel],
+                    p, s, anomalous[which], cause, channel,
                     expected=np.where(by_level, judged.mean[pick, channel], judged.expected[pick, channel]),
                     seen=judged.values[pick, channel], err_mean=err_mean_before, err_var=err_var_before,
-                    held=level_worst[which] >= cfg.clear_level if cfg.clear_level < 1.0 else None,
+                    held=level_worst[which] >= self._clear_level if cfg.clear_level < 1.0 else None,
                 ))
 
         positions = targets.positions
@@ -456,6 +465,7 @@ class Engine:
         result.expected[positions] = targets.expected
         result.residual[positions] = x - targets.expected
         result.score[positions] = score
+        result.surprise[positions] = surprise
         result.anomalous[positions] = anomalous
         self.stats.anomalous += int(anomalous.sum())
 
@@ -472,12 +482,12 @@ class Engine:
         st.flags[at], st.active[at], st.calm[at], st.peak[at] = t.flags, t.active, t.calm, t.peak
 
         # Remember the most surprising reading of the run of anomalies: that is the alert's reason.
-        surprise = causes.pack(verdict.cause, verdict.surprise)
         state_rows = np.arange(len(st))[at]
-        worse = verdict.anomalous & (surprise > st.cause_z[at])
+        worse = verdict.anomalous & (verdict.surprise > st.cause_surprise[at])
         if worse.any():
             w = state_rows[worse]
-            st.cause_z[w] = surprise[worse]
+            st.cause_surprise[w] = verdict.surprise[worse]
+            st.cause[w] = verdict.cause[worse]
             st.cause_channel[w] = verdict.channel[worse]
             st.cause_expected[w] = verdict.expected[worse]
             st.cause_seen[w] = verdict.seen[worse]
@@ -488,7 +498,7 @@ class Engine:
                 st.alert_start[j] = ts
                 event = AlertEvent(
                     AlertKind.RAISE, sensor, ts, ts, float(verdict.score[i]), int(st.cause_channel[j]),
-                    float(st.cause_expected[j]), float(st.cause_seen[j]), cause=causes.unpack(float(st.cause_z[j])),
+                    float(st.cause_expected[j]), float(st.cause_seen[j]), cause=Cause.of(int(st.cause[j])),
                     threshold_error=thresholds.error_threshold(float(verdict.err_mean[i]), float(verdict.err_var[i]),
                                                                cfg.threshold),
                 )
@@ -502,7 +512,7 @@ class Engine:
                 self.stats.alerts_cleared += 1
             result.events.append(event)
         over = state_rows[(t.flags == 0) & ~t.active]  # no run of anomalies, no alert: no reason kept
-        st.cause_z[over] = 0.0
+        st.cause_surprise[over] = 0.0
 
     def export_state(self, sensor_ids: Sequence[str]) -> list[bytes | None]:
         """Each sensor's state as a record (see `state_codec`), None for sensors not held."""

@@ -73,6 +73,7 @@ class ReplayResult:
     anomalous: np.ndarray
     alerting: np.ndarray
     expected: np.ndarray
+    surprise: np.ndarray  # −log10 of the tail probability behind `score`: its order kept where score is 1.0
     events: list[AlertEvent]
     stats: EngineStats
     model_id: str
@@ -162,7 +163,7 @@ def replay_files(
 
     total = sum(len(f) for f in files)
     status = np.zeros(total, dtype=np.int8)
-    score = np.zeros(total, dtype=np.float32)
+    score, surprise = np.zeros(total), np.zeros(total)
     anomalous = np.zeros(total, dtype=bool)
     alerting = np.zeros(total, dtype=bool)
     expected = np.full((total, channels), np.nan, dtype=np.float32)
@@ -190,6 +191,7 @@ def replay_files(
             else:
                 targets = offset + start + released
             score[targets], anomalous[targets] = out.score[released], out.anomalous[released]
+            surprise[targets] = out.surprise[released]
             alerting[targets], expected[targets] = out.alerting[released], out.expected[released]
             events.extend(dataclasses.replace(e, channel_name=names[e.channel]) for e in out.events)
             if progress is not None:
@@ -209,6 +211,7 @@ def replay_files(
         values=np.concatenate([f.values for f in files]),
         status=status,
         score=score,
+        surprise=surprise,
         anomalous=anomalous,
         alerting=alerting,
         expected=expected,
@@ -257,9 +260,13 @@ def iso_times(ts: np.ndarray) -> np.ndarray:
 
 
 def write_scores(result: ReplayResult, path: Path) -> None:
-    """The scores CSV: ts, sensor_id, score, anomalous, alerting, status, then value_<ch> and expected_<ch>."""
+    """The scores CSV: ts, sensor_id, score, surprise, anomalous, alerting, status, then value_<ch> and expected_<ch>.
+
+    The score is written in full (shortest round-trip float64), so scores near 1 keep their order; the
+    surprise (−log10 of the tail probability) keeps it further, where the score is 1.0.
+    """
     labels = {SCORED: "scored", PENDING: "pending", **{r.value: r.label for r in RejectReason}}
-    header = ["ts", "sensor_id", "score", "anomalous", "alerting", "status"]
+    header = ["ts", "sensor_id", "score", "surprise", "anomalous", "alerting", "status"]
     header += [f"value_{c}" for c in result.channel_names] + [f"expected_{c}" for c in result.channel_names]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -270,7 +277,8 @@ def write_scores(result: ReplayResult, path: Path) -> None:
             columns: list[list[str]] = [
                 iso_times(result.ts[rows]).tolist(),
                 result.sensor_ids[rows],
-                [f"{s:.6f}" for s in result.score[rows].tolist()],
+                [repr(s) for s in result.score[rows].tolist()],
+                [f"{s:.6g}" for s in result.surprise[rows].tolist()],
                 result.anomalous[rows].astype(np.int8).tolist(),
                 result.alerting[rows].astype(np.int8).tolist(),
                 [labels[s] for s in result.status[rows].tolist()],

@@ -6,6 +6,7 @@ import numpy as np
 
 from detector import alerts
 from detector.scoring import calibration
+from detector.scoring.surprise import to_score
 
 
 def _run(pattern: str, k: int = 3, n: int = 5, m: int = 4) -> list[str]:
@@ -43,6 +44,7 @@ def test_scores_are_roughly_uniform_for_a_sensor_behaving_as_usual():
     for t in range(20000):
         err = rng.chisquare(1, 1).astype(np.float32)
         s, short, mean, var = calibration.score(err, short, mean, var, seen, 3.0, 1000.0)
+        s = to_score(s)
         seen = seen + 1
         if t > 2000:
             scores.append(s[0])
@@ -60,6 +62,7 @@ def test_a_burst_of_large_errors_scores_near_one():
         _, short, mean, var = calibration.score(rng.chisquare(1, 1).astype(np.float32), short, mean, var, seen, 3.0, 1000.0)
         seen = seen + 1
     s, *_ = calibration.score(np.array([200.0], np.float32), short, mean, var, seen, 3.0, 1000.0)
+    s = to_score(s)
     assert s[0] > 0.999
 
 

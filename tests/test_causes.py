@@ -10,7 +10,6 @@ from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.engine import Engine
 from detector.model.store import load_model
-from detector.scoring import causes
 from detector.scoring.causes import Cause
 
 
@@ -24,16 +23,6 @@ def test_raise_events_write_the_label():
     event = AlertEvent(AlertKind.RAISE, "s", 1.0, 1.0, 0.99, 0, 1.0, 2.0, cause=Cause.CORRELATION)
     assert json.dumps(event.as_dict()["cause"]) == '"correlation"'
     assert type(event.as_dict()["cause"]) is str
-
-
-def test_pack_ranks_views_above_any_forecast_error_and_unpacks():
-    cause = np.array([c.code for c in Cause] + [0], dtype=np.int8)
-    z = np.array([3.0, 5.0, 5.0, 5.0, 7.0])
-    stored = causes.pack(cause, z).astype(np.float32)  # as the state keeps it
-    assert [causes.unpack(float(v)) for v in stored] == [*Cause, Cause.FORECAST]
-    assert stored[0] < stored[4] < stored[1] < stored[2] < stored[3]
-    # a reading of the same view is not more surprising than the one kept
-    assert not (causes.pack(cause[1:4], z[1:4]) > stored[1:4]).any()
 
 
 def test_for_model_stamps_records_with_the_weights():

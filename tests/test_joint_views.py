@@ -8,6 +8,7 @@ import numpy as np
 
 from detector import Detector, DetectorConfig
 from detector.scoring import correlation, levels
+from detector.scoring.surprise import to_score
 from detector.alerts import AlertKind
 from detector.state.pool import StatePool
 
@@ -17,8 +18,8 @@ def _settled_levels(channels: int, z: float) -> np.ndarray:
     n = 1
     level = np.full((n, channels), z, np.float32)
     spread = np.ones((n, channels), np.float32)
-    _, _, score, _, _ = levels.update(level, spread, level.copy(), np.array([10_000]), 60.0, 1000.0)
-    return score
+    _, _, surprise, _, _ = levels.update(level, spread, level.copy(), np.array([10_000]), 60.0, 1000.0)
+    return to_score(surprise)
 
 
 def test_level_score_is_corrected_for_the_number_of_channels():
@@ -36,15 +37,15 @@ def _step_joint(z: np.ndarray, window: float = 10.0) -> tuple[np.ndarray, np.nda
     scores, channels = np.zeros(t), np.zeros(t, int)
     for i in range(t):
         level, cov, s, ch = correlation.update(level, cov, z[i : i + 1], np.array([i]), window, 1000.0)
-        scores[i], channels[i] = s[0], ch[0]
+        scores[i], channels[i] = to_score(s)[0], ch[0]
     return scores, channels
 
 
 def test_correlation_score_of_one_channel_is_the_level_score():
     level = np.array([[2.0]], np.float32)
     cov = np.array([[0.25]], np.float32)  # level spread σ = 0.5
-    _, _, score, _ = correlation.update(level, cov, level.copy(), np.array([10_000]), 60.0, 1000.0)
-    assert math.isclose(float(score[0]), math.erf(4.0 / math.sqrt(2)), rel_tol=1e-6)  # 2Φ(2 / 0.5) − 1
+    _, _, surprise, _ = correlation.update(level, cov, level.copy(), np.array([10_000]), 60.0, 1000.0)
+    assert math.isclose(float(to_score(surprise)[0]), math.erf(4.0 / math.sqrt(2)), rel_tol=1e-6)  # 2Φ(2 / 0.5) − 1
 
 
 def test_a_broken_relation_between_channels_scores_where_each_channel_alone_looks_usual():

@@ -7,6 +7,7 @@ import pytest
 
 from detector import Detector, DetectorConfig
 from detector.scoring import levels
+from detector.scoring.surprise import of_score, to_score
 from detector.state.pool import StatePool
 
 
@@ -29,11 +30,15 @@ def test_a_fast_scale_alerts_sooner_on_abrupt_shifts(small_model):
     assert fast <= slow - 5, (fast, slow)
 
 
+def of_scores(scores: list[float]) -> np.ndarray:
+    return np.array([of_score(s) for s in scores])
+
+
 def test_two_scales_are_corrected_for_twice_the_tests():
-    slow, fast = np.array([0.99, 0.9], np.float32), np.array([0.9, 0.999], np.float32)
-    score, channel, worst = levels.two_scales(slow, np.array([1, 2]), fast, np.array([3, 4]), channels=4)
-    np.testing.assert_allclose(score, [0.99**8, 0.999**8], rtol=1e-5)
-    assert channel.tolist() == [1, 4] and worst.tolist() == pytest.approx([0.99, 0.999])
+    slow, fast = of_scores([0.99, 0.9]), of_scores([0.9, 0.999])  # the views give surprises
+    surprise, channel, worst = levels.two_scales(slow, np.array([1, 2]), fast, np.array([3, 4]), channels=4)
+    np.testing.assert_allclose(to_score(surprise), [0.99**8, 0.999**8], rtol=1e-5)
+    assert channel.tolist() == [1, 4] and to_score(worst).tolist() == pytest.approx([0.99, 0.999])
 
 
 def test_fast_scale_costs_no_state_when_off():

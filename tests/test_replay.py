@@ -81,7 +81,7 @@ def test_cli_writes_a_scores_row_for_every_input_row(tmp_path: Path, model_dir: 
     rows = read_scores(out)
     assert len(rows) == 200
     assert list(rows[0]) == [
-        "ts", "sensor_id", "score", "anomalous", "alerting", "status", "value_a", "value_b", "expected_a", "expected_b",
+        "ts", "sensor_id", "score", "surprise", "anomalous", "alerting", "status", "value_a", "value_b", "expected_a", "expected_b",
     ]
     assert {r["status"] for r in rows} == {"scored"}
     assert {r["sensor_id"] for r in rows} == {"pump"}

@@ -12,10 +12,10 @@ anomaly does not quickly teach the sensor that anomalies are normal.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
-import torch
+
+from detector.scoring import surprise
 
 SIGMA_FLOOR = 0.1
 """Smallest spread (in log-error units) of the error distribution; keeps perfectly regular sensors from scoring 1 on noise."""
@@ -47,17 +47,17 @@ def score(
     short_window: float,
     long_window: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Score errors and return (score, new err_short, new err_mean, new err_var).
+    """Score errors and return (surprise, new err_short, new err_mean, new err_var).
 
-    `seen` is how many errors each sensor scored before this one (0 = first). The score is 0
+    The surprise is −log10 of the upper tail 1 − Φ((g − μ) / σ), in float64 (`detector.scoring.surprise`).
+    `seen` is how many errors each sensor scored before this one (0 = first). The surprise is 0
     for a sensor's first `_SETTLED` errors, while its error distribution is still unknown.
     """
     first = seen == 0
     short = np.where(first, err, err_short + (err - err_short) / short_window).astype(np.float32)
     g = np.log(short + ERROR_FLOOR)
     sigma = np.maximum(np.sqrt(err_var), SIGMA_FLOOR)
-    z = np.where(first, 0.0, (g - err_mean) / sigma).astype(np.float32)
-    prob = normal_cdf(z)
+    z = np.where(first, 0.0, (g.astype(np.float64) - err_mean) / sigma)
 
     settled = seen >= _SETTLED
     g_learn = np.where(settled, np.minimum(g, err_mean + 3.0 * sigma), g)
@@ -66,13 +66,4 @@ def score(
     new_mean = np.where(first, g, err_mean + alpha * diff).astype(np.float32)
     new_var = np.where(first, 0.0, (1.0 - alpha) * (err_var + alpha * diff * diff)).astype(np.float32)
     # Until a sensor has a few errors its spread is unknown: report 0 rather than a meaningless tail.
-    return np.where(seen < _SETTLED, 0.0, prob).astype(np.float32), short, new_mean, new_var
-
-
-def normal_cdf(z: np.ndarray) -> np.ndarray:
-    """Standard normal CDF Φ(z) as float32, any shape; plain Python for a handful of values, where torch costs more."""
-    z = np.asarray(z, dtype=np.float32)
-    if z.size <= 8:
-        flat = [0.5 * math.erfc(-v / math.sqrt(2.0)) for v in z.ravel().tolist()]
-        return np.array(flat, dtype=np.float32).reshape(z.shape)
-    return torch.special.ndtr(torch.from_numpy(np.ascontiguousarray(z))).numpy()
+    return np.where(seen < _SETTLED, 0.0, surprise.normal_upper(z)), short, new_mean, new_var

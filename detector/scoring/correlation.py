@@ -22,7 +22,8 @@ than `correlation_max_channels` skip this view.
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from detector.scoring import surprise
 
 SPREAD_FLOOR = 0.05
 """Smallest standard deviation of a channel's level (normalised units), as in `levels`."""
@@ -36,12 +37,6 @@ def learn_limit(channels: int) -> float:
     return float(channels + 3.0 * np.sqrt(2.0 * channels))
 
 
-def chi2_cdf(t2: np.ndarray, dof: int) -> np.ndarray:
-    """P(χ²_dof ≤ t2), float64, elementwise."""
-    t = torch.from_numpy(np.ascontiguousarray(np.maximum(t2, 0.0), dtype=np.float64))
-    return torch.special.gammainc(torch.tensor(dof / 2.0, dtype=torch.float64), t / 2.0).numpy()
-
-
 def update(
     level: np.ndarray,
     cov: np.ndarray,
@@ -52,7 +47,7 @@ def update(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Advance level vectors [n, C] and their covariances [n, C·C] with normalised readings z [n, C].
 
-    `count` is readings seen before these. Returns (new level, new covariance, score [n], channel [n]).
+    `count` is readings seen before these. Returns (new level, new covariance, surprise [n], channel [n]).
     A sensor scores 0 until it has 2 × `window` readings (its level is still settling).
     """
     n, c = z.shape
@@ -66,7 +61,7 @@ def update(
     w = np.linalg.solve(corr, u[:, :, None])[:, :, 0]
     contribution = u * w
     t2 = contribution.sum(axis=1)
-    score = np.where(count >= 2 * window, chi2_cdf(t2, c), 0.0).astype(np.float32)
+    score = np.where(count >= 2 * window, surprise.chi2_upper(t2, c), 0.0)
 
     limit = learn_limit(c)
     shrink = np.sqrt(np.minimum(1.0, limit / np.maximum(t2, 1e-12)))[:, None]

@@ -40,6 +40,7 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "forecast": ("f32", "C"),  # next reading as forecast, in units of the current normalisation
     "forecast_logvar": ("f32", "C"),  # and its log-variance
     "run_mean": ("f32", "C"),  # usual length of runs of identical readings
+    "run_max": ("f16", "C"),  # the longest run of identical readings finished (growing at most 4-fold a run)
     "level": ("f32", "C"),  # recent level of each channel, normalised
     "level_spread": ("f32", "C"),  # usual spread (variance) of that level
     "level_fast": ("f32", "CF"),  # the same at the fast scale (`level_fast_window`; no columns when it is off)
@@ -51,7 +52,7 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "err_mean": ("f32", 1),  # long-window distribution of log(err_short)
     "err_var": ("f32", 1),
     "peak": ("f32", 1),  # highest score of the open episode
-    "cause_z": ("f32", 1),  # the most surprising reading of the current anomaly run (its size says which view) ...
+    "cause_surprise": ("f32", 1),  # the most surprising reading of the current anomaly run: its surprise ...
     "norm_mean": ("f64", "C"),  # float64: a 1e6 offset must not swamp 1e-3 changes
     "last_value": ("f64", "C"),  # the previous reading, to see repeats
     "last_ts": ("f64", 1),
@@ -65,6 +66,7 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "flags": ("i32", 1),  # bit i = reading i back was anomalous
     "active": ("i32", 1),  # an alert episode is open
     "calm": ("i32", 1),  # consecutive normal readings during an episode
+    "cause": ("i8", 1),  # ... the view that made it (a `Cause` code)
     "cause_channel": ("i32", 1),  # ... its channel
     # Readings waiting for a look-ahead model's k later readings (k = 0 for forecasters: no columns), oldest
     # first: each one's time, values and the normalisation frame it was seen in, to score it when it is released.
@@ -73,7 +75,7 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "pending_mean": ("f64", "KC"),
     "pending_std": ("f32", "KC"),
 }
-_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "f16": np.float16}
+_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "f16": np.float16, "i8": np.int8}
 _NAN_ON_RESET = ("forecast", "forecast_logvar")
 
 
