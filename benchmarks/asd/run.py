@@ -40,6 +40,7 @@ from benchmarks.asd.data import DATA_ENV, AsdFile, default_data, load
 from benchmarks.asd.engine_run import extra_scores_available, run_engine
 from benchmarks.asd.metrics import evaluate
 from benchmarks.machine import machine_info
+from benchmarks.report import load_runs, write_json
 from benchmarks.skab.engine_run import EngineOutput, harness_config
 from benchmarks.skab.run import default_name, engine_source, parse_sets, slug
 from detector import AlertKind, DetectorConfig, load_config
@@ -218,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_references:
         for r in reference_records(files, args.grace):
-            table.write_record(args.out, f"baseline-{slug(r['name'])}", r)
+            write_json(args.out / f"baseline-{slug(r['name'])}.json", r)
     record["total_seconds"] = time.perf_counter() - started
-    table.write_record(args.out, slug(name), record)
+    write_json(args.out / f"{slug(name)}.json", record)
     table.write(args.out)
-    table.show(record, table.load_runs(args.out))
+    table.show(record, load_runs(args.out))
     print(f"scored {record['data']['train_rows'] + record['data']['test_rows']:,} rows; wrote {args.out / 'asd.md'}")
     return 0
 

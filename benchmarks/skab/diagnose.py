@@ -25,7 +25,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -36,13 +35,13 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.report import write_json  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, SkabFile, load  # noqa: E402
 from benchmarks.skab.engine_run import score_files  # noqa: E402
 from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
 from benchmarks.skab.metrics import TRAIN_ROWS  # noqa: E402
 from benchmarks.skab.reference import t2_reference, t2_ucl  # noqa: E402
 from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
-from benchmarks.skab.table import jsonable  # noqa: E402
 from detector import load_config  # noqa: E402
 
 SHORT = {
@@ -221,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {v['all']['nab_standard']:.1f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "diagnosis.md").write_text("\n".join(lines) + "\n")
-    (args.out / "diagnosis.json").write_text(json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n")
+    write_json(args.out / "diagnosis.json", record)
     print(f"wrote {args.out / 'diagnosis.md'}")
     return 0
 

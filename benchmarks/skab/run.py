@@ -26,7 +26,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
@@ -43,6 +42,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.report import write_json  # noqa: E402
 from benchmarks.skab import reference, table  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load  # noqa: E402
 from benchmarks.skab.engine_run import harness_config, score_files  # noqa: E402
@@ -213,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         record["plots"] = [str(p.relative_to(args.out)) for p in paths]
     if not args.no_baselines:
         for b in baseline_records(files):
-            (runs_dir / f"baseline-{slug(b['name'])}.json").write_text(
-                json.dumps(table.jsonable(b), indent=1, allow_nan=False) + "\n")
+            write_json(runs_dir / f"baseline-{slug(b['name'])}.json", b)
     record["total_seconds"] = time.perf_counter() - started
-    (runs_dir / f"{slug(name)}.json").write_text(json.dumps(table.jsonable(record), indent=1, allow_nan=False) + "\n")
+    write_json(runs_dir / f"{slug(name)}.json", record)
     table.write(args.out)
 
     for variant, m in record["variants"].items():

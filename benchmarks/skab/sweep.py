@@ -20,7 +20,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import itertools  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,11 +30,11 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from benchmarks.report import write_json  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load  # noqa: E402
 from benchmarks.skab.engine_run import score_files  # noqa: E402
 from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
 from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
-from benchmarks.skab.table import jsonable  # noqa: E402
 from detector import load_config  # noqa: E402
 
 DEFAULT_VARY = {
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"model": args.model, "model_id": model_id, "base": base, "vary": vary, "product": args.product,
               "seconds": time.perf_counter() - started, "rows": rows}
     if args.json:
-        (args.out / f"{stem}.json").write_text(json.dumps(jsonable(record), allow_nan=False) + "\n")
+        write_json(args.out / f"{stem}.json", record, indent=None)
     lines = [
         f"# SKAB sweep{': ' + args.name if args.name else ''}",
         "",
