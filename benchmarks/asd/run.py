@@ -8,8 +8,9 @@ Protocol: each server's file is one sensor with one channel per metric of one `D
 for every server; idle eviction off), replayed in time order, train part first (scored, not evaluated),
 then the test part; the servers go side by side, row k of every server in batch k. Nothing is fitted
 on labels. Event metrics count alerts where they open (a `raise` AlertEvent); per-row metrics rank
-StepResult's `score`. A PCA reconstruction-error reference, fitted on each train part, and a seeded
-random baseline and an always-alarm baseline are scored by the same metrics in the same run.
+StepResult's `score` (and its `surprise`, once the engine's result has one). A PCA reconstruction-error
+reference, fitted on each train part, and a seeded random baseline and an always-alarm baseline are
+scored by the same metrics in the same run.
 
 Writes results/<name>.json (metrics pooled and per server, engine diagnostics, config, timings,
 machine) and results/baseline-*.json, and regenerates results/asd.md from every record there.
@@ -37,12 +38,12 @@ import torch
 
 from benchmarks.asd import reference, table
 from benchmarks.asd.data import DATA_ENV, AsdFile, default_data, load
-from benchmarks.asd.engine_run import extra_scores_available, run_engine
+from benchmarks.asd.engine_run import run_engine
 from benchmarks.asd.metrics import evaluate
 from benchmarks.machine import machine_info
 from benchmarks.report import load_runs, write_json
-from benchmarks.skab.engine_run import EngineOutput, harness_config
 from benchmarks.skab.run import default_name, engine_source, parse_sets, slug
+from benchmarks.streaming import EngineOutput, harness_config
 from detector import AlertKind, DetectorConfig, load_config
 from detector.errors import ConfigError, HiddenstateError
 
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         + ([f"--data {shlex.quote(str(args.data))}"] if args.data else [])
     )
     overrides = ", ".join(f"{k}={v}" for k, v in sets.items())
-    extra = extra_scores_available()
+    extra = list(outs[0].extra)
     record = {
         "kind": "engine",
         "name": name,
@@ -213,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_seconds": load_seconds,
         "scoring_seconds": seconds,
     }
-    if extra:  # the SKAB replay collects only `score`: say so rather than rank nothing under that name
-        record["server_notes"].append(f"StepResult now has {', '.join(extra)}, which this harness does not collect yet")
 
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_references:

@@ -45,8 +45,8 @@ import torch  # noqa: E402
 from benchmarks.report import write_json  # noqa: E402
 from benchmarks.skab import reference, table  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load  # noqa: E402
-from benchmarks.skab.engine_run import harness_config, score_files  # noqa: E402
 from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
+from benchmarks.streaming import harness_config, score_files  # noqa: E402
 from detector import DetectorConfig, load_config  # noqa: E402
 from detector.errors import ConfigError, HiddenstateError  # noqa: E402
 

@@ -32,9 +32,9 @@ import torch  # noqa: E402
 
 from benchmarks.report import write_json  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load  # noqa: E402
-from benchmarks.skab.engine_run import score_files  # noqa: E402
 from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
 from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
+from benchmarks.streaming import score_files  # noqa: E402
 from detector import load_config  # noqa: E402
 
 DEFAULT_VARY = {
