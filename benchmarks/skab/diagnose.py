@@ -24,7 +24,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -36,11 +35,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.report import write_json  # noqa: E402
+from benchmarks.runs import parse_sets, parser  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, SkabFile, load  # noqa: E402
 from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
 from benchmarks.skab.metrics import TRAIN_ROWS  # noqa: E402
 from benchmarks.skab.reference import t2_reference, t2_ucl  # noqa: E402
-from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
+from benchmarks.skab.run import RESULTS  # noqa: E402
 from benchmarks.streaming import score_files  # noqa: E402
 from detector import load_config  # noqa: E402
 
@@ -125,9 +125,7 @@ def _buckets(counts: dict[str, int], keys: tuple[str, ...], names: dict[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--model", default="gru-default")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)

@@ -18,7 +18,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
 import itertools  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -31,9 +30,10 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from benchmarks.report import write_json  # noqa: E402
+from benchmarks.runs import parse_sets, parser  # noqa: E402
 from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load  # noqa: E402
 from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
-from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
+from benchmarks.skab.run import RESULTS  # noqa: E402
 from benchmarks.streaming import score_files  # noqa: E402
 from detector import load_config  # noqa: E402
 
@@ -82,9 +82,7 @@ def fmt(m: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--model", default="gru-default")
     p.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
                    help="setting held in every configuration")
