@@ -18,19 +18,15 @@ machine) and results/baseline-*.json, and regenerates results/asd.md from every 
 
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
 import shlex
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
+
+# isort: split
 
 import numpy as np
 import torch

@@ -20,30 +20,26 @@ recorded too (cheap; `--no-baselines` to skip).
 
 from __future__ import annotations
 
-import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
 
-import sys  # noqa: E402
-import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks import runs  # noqa: E402
-from benchmarks.report import write_json  # noqa: E402
-from benchmarks.skab import reference, table  # noqa: E402
-from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load  # noqa: E402
-from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
-from benchmarks.streaming import harness_config, score_files  # noqa: E402
-from detector import DetectorConfig  # noqa: E402
-from detector.errors import HiddenstateError  # noqa: E402
+from benchmarks import runs
+from benchmarks.report import write_json
+from benchmarks.skab import reference, table
+from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load
+from benchmarks.skab.evaluate import diagnose, evaluate
+from benchmarks.streaming import harness_config, score_files
+from detector import DetectorConfig
+from detector.errors import HiddenstateError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCRIPT = ".venv/bin/python benchmarks/skab/run.py"

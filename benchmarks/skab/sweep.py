@@ -13,29 +13,25 @@ holds across the three recording days. `--json` also writes the numbers as JSON.
 
 from __future__ import annotations
 
-import os
+import itertools
+import sys
+import time
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
 
-import itertools  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.report import write_json  # noqa: E402
-from benchmarks.runs import parse_sets, parser  # noqa: E402
-from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load  # noqa: E402
-from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
-from benchmarks.skab.run import RESULTS  # noqa: E402
-from benchmarks.streaming import score_files  # noqa: E402
-from detector import load_config  # noqa: E402
+from benchmarks.report import write_json
+from benchmarks.runs import parse_sets, parser
+from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load
+from benchmarks.skab.evaluate import diagnose, evaluate
+from benchmarks.skab.run import RESULTS
+from benchmarks.streaming import score_files
+from detector import load_config
 
 DEFAULT_VARY = {
     "threshold": [0.9, 0.95, 0.99, 0.995, 0.9999],
