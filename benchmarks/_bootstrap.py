@@ -9,7 +9,12 @@ installed copy) and then importing it, ahead of every other import:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    import benchmarks._bootstrap  # noqa: E402, F401
+    import benchmarks._bootstrap  # noqa: F401
+
+    # isort: split
+
+(standard-library imports may come before it; `# isort: split` keeps an import sorter from moving numpy
+or torch above it).
 """
 
 from __future__ import annotations
