@@ -8,8 +8,9 @@ Protocol: each server's file is one sensor with one channel per metric of one `D
 for every server; idle eviction off), replayed in time order, train part first (scored, not evaluated),
 then the test part; the servers go side by side, row k of every server in batch k. Nothing is fitted
 on labels. Event metrics count alerts where they open (a `raise` AlertEvent); per-row metrics rank
-StepResult's `score`. A PCA reconstruction-error reference, fitted on each train part, and a seeded
-random baseline and an always-alarm baseline are scored by the same metrics in the same run.
+StepResult's `score` (and its `surprise`, once the engine's result has one). A PCA reconstruction-error
+reference, fitted on each train part, and a seeded random baseline and an always-alarm baseline are
+scored by the same metrics in the same run.
 
 Writes results/<name>.json (metrics pooled and per server, engine diagnostics, config, timings,
 machine) and results/baseline-*.json, and regenerates results/asd.md from every record there.
@@ -17,40 +18,36 @@ machine) and results/baseline-*.json, and regenerates results/asd.md from every 
 
 from __future__ import annotations
 
-import os
-
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
-import argparse
 import shlex
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
+
+# isort: split
 
 import numpy as np
 import torch
 
+from benchmarks import runs
 from benchmarks.asd import reference, table
 from benchmarks.asd.data import DATA_ENV, AsdFile, default_data, load
-from benchmarks.asd.engine_run import extra_scores_available, run_engine
+from benchmarks.asd.engine_run import run_engine
 from benchmarks.asd.metrics import evaluate
 from benchmarks.machine import machine_info
-from benchmarks.skab.engine_run import EngineOutput, harness_config
-from benchmarks.skab.run import default_name, engine_source, parse_sets, slug
-from detector import AlertKind, DetectorConfig, load_config
-from detector.errors import ConfigError, HiddenstateError
+from benchmarks.report import load_runs, write_json
+from benchmarks.streaming import EngineOutput, harness_config
+from detector import AlertKind
+from detector.errors import HiddenstateError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCRIPT = ".venv/bin/python benchmarks/asd/run.py"
 
 
 def data_summary(files: list[AsdFile]) -> dict:
-    runs = sum(int(np.count_nonzero(np.diff(np.r_[0, f.anomaly[f.train_rows:], 0]) == 1)) for f in files)
+    anomalous_runs = sum(int(np.count_nonzero(np.diff(np.r_[0, f.anomaly[f.train_rows:], 0]) == 1)) for f in files)
     return {
         "servers": len(files),
         "channels": len(files[0].channels),
@@ -58,7 +55,7 @@ def data_summary(files: list[AsdFile]) -> dict:
         "test_rows": sum(f.test_rows for f in files),
         "anomalous_test_rows": int(sum(f.anomaly[f.train_rows:].sum() for f in files)),
         "segments": sum(len(f.segments) for f in files),
-        "anomalous_runs": runs,
+        "anomalous_runs": anomalous_runs,
     }
 
 
@@ -139,16 +136,8 @@ def reference_records(files: list[AsdFile], grace: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", default="gru-default", help="shipped model name or model directory (default gru-default)")
-    p.add_argument("--config", help="TOML config file (as for hiddenstate replay --config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting (repeatable)")
-    p.add_argument("--data", type=Path,
-                   help=f"ASD data folder (default ${DATA_ENV}, else {default_data()})")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/asd/results)")
-    p.add_argument("--name", help="run name in the table (default: model[+config][+overrides])")
+    p = runs.parser(__doc__)
+    runs.add_run_arguments(p, f"ASD data folder (default ${DATA_ENV}, else {default_data()})", None, RESULTS)
     p.add_argument("--grace", type=int, default=0,
                    help="rows after a segment's end in which an opening alert still catches it (default 0)")
     p.add_argument("--no-references", action="store_true", help="do not (re)write the PCA and baseline records")
@@ -160,69 +149,51 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(threads=1)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sets = parse_sets(args.set)
-    try:
-        config = load_config(args.config, model=args.model, **sets)
-    except ConfigError as exc:
-        raise SystemExit(f"run.py: {exc}") from None
-    name = args.name or default_name(args.model, args.config, sets)
-    try:
+    config, sets, name = runs.run_config(args)
+    with runs.exit_on(*runs.LOAD_ERRORS):
         files = load(args.data)
-    except (OSError, ValueError, HiddenstateError) as exc:
-        raise SystemExit(f"run.py: {exc}") from None
     load_seconds = time.perf_counter() - started
 
-    try:
+    with runs.exit_on(HiddenstateError):
         detections, outs, seconds, model_id = run_engine(files, config, args.model)
-    except HiddenstateError as exc:
-        raise SystemExit(f"run.py: {exc}") from None
     diagnostics, stuck = engine_diagnostics(files, outs)
-    command = " ".join(
-        [SCRIPT, "--model", shlex.quote(args.model)]
-        + (["--config", shlex.quote(args.config)] if args.config else [])
-        + [f"--set {shlex.quote(s)}" for s in args.set]
-        + ([f"--name {shlex.quote(args.name)}"] if args.name else [])
-        + ([f"--grace {args.grace}"] if args.grace else [])
-        + ([f"--data {shlex.quote(str(args.data))}"] if args.data else [])
+    command = runs.reproduce_command(
+        SCRIPT, args,
+        ([f"--grace {args.grace}"] if args.grace else [])
+        + ([f"--data {shlex.quote(str(args.data))}"] if args.data else []),
     )
-    overrides = ", ".join(f"{k}={v}" for k, v in sets.items())
-    extra = extra_scores_available()
+    extra = list(outs[0].extra)
     record = {
         "kind": "engine",
         "name": name,
-        "description": f"model {model_id}, "
-        + (f"config {args.config}, " if args.config else "")
-        + (f"overrides {overrides}" if overrides else "default config")
-        + ", idle_ttl=None",
+        "description": runs.describe(model_id, args.config, sets) + ", idle_ttl=None",
         "command": command,
         "grace": args.grace,
         "model": args.model,
         "model_id": model_id,
         "config": harness_config(config).model_dump(),
-        "default_config": config.model_dump() == DetectorConfig(model=args.model).model_dump(),
+        "default_config": runs.is_default_config(config, args.model),
         "data": data_summary(files),
         "metrics": evaluate(files, detections, args.grace),
         "diagnostics": diagnostics,
         "server_notes": stuck or ["no server has an alert open through the whole test part"],
         "extra_scores": extra or "none: StepResult has no surprise field at this engine version",
-        "engine_source": engine_source(),
+        "engine_source": runs.engine_source(),
         "machine": machine,
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
+        "versions": runs.versions(),
         "threads": torch.get_num_threads(),
         "load_seconds": load_seconds,
         "scoring_seconds": seconds,
     }
-    if extra:  # the SKAB replay collects only `score`: say so rather than rank nothing under that name
-        record["server_notes"].append(f"StepResult now has {', '.join(extra)}, which this harness does not collect yet")
 
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_references:
         for r in reference_records(files, args.grace):
-            table.write_record(args.out, f"baseline-{slug(r['name'])}", r)
+            write_json(args.out / f"baseline-{runs.slug(r['name'])}.json", r)
     record["total_seconds"] = time.perf_counter() - started
-    table.write_record(args.out, slug(name), record)
+    write_json(args.out / f"{runs.slug(name)}.json", record)
     table.write(args.out)
-    table.show(record, table.load_runs(args.out))
+    table.show(record, load_runs(args.out))
     print(f"scored {record['data']['train_rows'] + record['data']['test_rows']:,} rows; wrote {args.out / 'asd.md'}")
     return 0
 

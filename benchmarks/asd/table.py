@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from benchmarks.report import print_table, table_and_notes
-from benchmarks.skab.table import _f, jsonable, load_runs
+from benchmarks.report import cell, engine_at, load_runs, print_table, runs_section, table_and_notes
 
 HEADERS = [
     "caught / segments", "alerts (false)", "precision", "recall", "F1", "false / server-day",
@@ -28,24 +26,24 @@ def headers(label: str, scores: list[str]) -> list[str]:
 def row(label: str, m: dict, scores: list[str]) -> list[str]:
     """One table row of a metrics dict (pooled or one server's)."""
     def pct(v: float | None) -> str:
-        return _f(None if v is None else 100 * v, 1)
+        return cell(None if v is None else 100 * v, 1)
 
     cells = [
         label,
         f"{m['caught']} / {m['segments']}",
         f"{m['alerts']} ({m['false_alerts']})",
-        _f(m["precision"]),
-        _f(m["recall"]),
-        _f(m["f1"]),
-        _f(m["false_per_day"]),
-        f"{_f(m['median_delay_rows'], 1)} / {_f(m['median_delay_min'], 0)}",
-        f"{_f(m['mean_delay_rows'], 1)} / {_f(m['mean_delay_min'], 0)}",
-        _f(m["reason_hit_rate"]),
+        cell(m["precision"]),
+        cell(m["recall"]),
+        cell(m["f1"]),
+        cell(m["false_per_day"]),
+        f"{cell(m['median_delay_rows'], 1)} / {cell(m['median_delay_min'], 0)}",
+        f"{cell(m['mean_delay_rows'], 1)} / {cell(m['mean_delay_min'], 0)}",
+        cell(m["reason_hit_rate"]),
         pct(m["alert_open_share"]),
         f"{m['open_all_test']}" + (f" of {m['servers']}" if m["servers"] > 1 else ""),
     ]
     for n in scores:
-        cells += [_f(m.get(f"auc_{n}"), 3), pct(m.get(f"top_tie_{n}"))]
+        cells += [cell(m.get(f"auc_{n}"), 3), pct(m.get(f"top_tie_{n}"))]
     return cells
 
 
@@ -100,32 +98,25 @@ def render(runs: list[dict]) -> str:
         lines += ["", f"### {r['name']}", ""]
         server_rows = [row(k, m, scores) for k, m in r["metrics"]["servers"].items()]
         lines += table_and_notes(headers("server", scores), server_rows, r.get("server_notes", []))
-    lines += ["", "## Runs", ""]
-    for r in runs:
-        extra = ""
-        if "total_seconds" in r:
-            src = r.get("engine_source") or {}
-            commit = (src.get("commit") or "unknown")[:10]
-            if src.get("engine_edited_since_commit"):
-                commit += " + uncommitted engine edits"
-            mach = r.get("machine", {})
-            extra = (f"; engine at commit {commit}; engine scoring {r['scoring_seconds']:.1f} s, "
-                     f"whole run {r['total_seconds']:.1f} s on {mach.get('cpu', '?')} "
-                     f"({mach.get('logical_cpus', '?')} logical CPUs, load average at start "
-                     f"{', '.join(f'{x:.1f}' for x in mach.get('load_average_at_start', []))}; "
-                     f"{r.get('threads', '?')} torch thread), {mach.get('date', '')[:10]}")
-        lines.append(f"- **{r['name']}**: {r['description']}{extra}. Reproduce: `{r['command']}`")
+    lines += runs_section(runs, _engine_details)
     return "\n".join(lines) + "\n"
+
+
+def _engine_details(r: dict) -> str:
+    """Engine commit, timings, machine and date of an engine run (nothing for a reference or baseline)."""
+    if "total_seconds" not in r:
+        return ""
+    mach = r.get("machine", {})
+    return (f"; {engine_at(r)}; engine scoring {r['scoring_seconds']:.1f} s, "
+            f"whole run {r['total_seconds']:.1f} s on {mach.get('cpu', '?')} "
+            f"({mach.get('logical_cpus', '?')} logical CPUs, load average at start "
+            f"{', '.join(f'{x:.1f}' for x in mach.get('load_average_at_start', []))}; "
+            f"{r.get('threads', '?')} torch thread), {mach.get('date', '')[:10]}")
 
 
 def write(results: Path) -> None:
     """Rewrite results/asd.md from the run records in `results`."""
     (results / "asd.md").write_text(render(load_runs(results)))
-
-
-def write_record(results: Path, stem: str, record: dict) -> None:
-    """Store one run record as results/<stem>.json (strict JSON, NaN as null)."""
-    (results / f"{stem}.json").write_text(json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n")
 
 
 def show(record: dict, runs: list[dict]) -> None:

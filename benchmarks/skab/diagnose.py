@@ -19,31 +19,26 @@ Nothing here is tuned; the T² variants use the same training-part fit and 2·UC
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, SkabFile, load  # noqa: E402
-from benchmarks.skab.engine_run import score_files  # noqa: E402
-from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
-from benchmarks.skab.metrics import TRAIN_ROWS  # noqa: E402
-from benchmarks.skab.reference import t2_reference, t2_ucl  # noqa: E402
-from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
-from benchmarks.skab.table import jsonable  # noqa: E402
-from detector import load_config  # noqa: E402
+from benchmarks.report import write_json
+from benchmarks.runs import parse_sets, parser
+from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, SkabFile, load
+from benchmarks.skab.evaluate import diagnose, evaluate
+from benchmarks.skab.metrics import TRAIN_ROWS
+from benchmarks.skab.reference import t2_reference, t2_ucl
+from benchmarks.skab.run import RESULTS
+from benchmarks.streaming import score_files
+from detector import load_config
 
 SHORT = {
     "Accelerometer1RMS": "Acc1",
@@ -126,9 +121,7 @@ def _buckets(counts: dict[str, int], keys: tuple[str, ...], names: dict[str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--model", default="gru-default")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -221,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {v['all']['nab_standard']:.1f} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "diagnosis.md").write_text("\n".join(lines) + "\n")
-    (args.out / "diagnosis.json").write_text(json.dumps(jsonable(record), indent=1, allow_nan=False) + "\n")
+    write_json(args.out / "diagnosis.json", record)
     print(f"wrote {args.out / 'diagnosis.md'}")
     return 0
 

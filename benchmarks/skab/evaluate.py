@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 
 from benchmarks.skab.data import SUBSETS, SkabFile
-from benchmarks.skab.engine_run import EngineOutput
 from benchmarks.skab.metrics import TRAIN_ROWS, evaluate_file, summarise
+from benchmarks.streaming import EngineOutput
 from detector.alerts import AlertKind
 
 ONSET_BINS = ((0.0, 60.0), (60.0, 180.0), (180.0, float("inf")))

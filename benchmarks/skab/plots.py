@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.skab.data import SUBSETS, SkabFile  # noqa: E402
-from benchmarks.skab.engine_run import EngineOutput  # noqa: E402
 from benchmarks.skab.evaluate import nines  # noqa: E402
 from benchmarks.skab.metrics import TRAIN_ROWS  # noqa: E402
+from benchmarks.streaming import EngineOutput  # noqa: E402
 
 
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -20,83 +20,29 @@ recorded too (cheap; `--no-baselines` to skip).
 
 from __future__ import annotations
 
-import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import tomllib  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.skab import reference, table  # noqa: E402
-from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load  # noqa: E402
-from benchmarks.skab.engine_run import harness_config, score_files  # noqa: E402
-from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
-from detector import DetectorConfig, load_config  # noqa: E402
-from detector.errors import ConfigError, HiddenstateError  # noqa: E402
+from benchmarks import runs
+from benchmarks.report import write_json
+from benchmarks.skab import reference, table
+from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load
+from benchmarks.skab.evaluate import diagnose, evaluate
+from benchmarks.streaming import harness_config, score_files
+from detector import DetectorConfig
+from detector.errors import HiddenstateError
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def parse_sets(items: list[str]) -> dict[str, object]:
-    """`key=value` pairs; values parsed as TOML (numbers, true/false), `none` → None, else kept as text."""
-    out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, not {item!r}")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        if key not in DetectorConfig.model_fields:
-            raise SystemExit(f"--set {key}: not a setting; settings: {', '.join(DetectorConfig.model_fields)}")
-        if raw.lower() in ("none", "null"):
-            out[key] = None
-            continue
-        try:
-            out[key] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = raw
-    return out
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", text).strip("_")
-
-
-def engine_source() -> dict[str, object]:
-    """The commit the engine and models come from, and whether they differ from it (uncommitted edits)."""
-    def git(*cmd: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True, check=True)
-            return done.stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--", "detector", "models")
-    return {"commit": commit, "engine_edited_since_commit": bool(dirty) if dirty is not None else None}
-
-
-def default_name(model: str, config_file: str | None, sets: dict[str, object]) -> str:
-    parts = [Path(model).name]
-    if config_file:
-        parts.append(Path(config_file).stem)
-    if sets:
-        parts.append(",".join(f"{k}={v}" for k, v in sets.items()))
-    return "+".join(parts)
+SCRIPT = ".venv/bin/python benchmarks/skab/run.py"
 
 
 def run_engine(files: list[SkabFile], config: DetectorConfig, model: str, isolated: bool) -> tuple[dict, list]:
@@ -148,15 +94,8 @@ def baseline_records(files: list[SkabFile]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--model", default="gru-default", help="shipped model name or model directory (default gru-default)")
-    p.add_argument("--config", help="TOML config file (as for hiddenstate replay --config)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting (repeatable)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"SKAB data folder (default {DEFAULT_DATA})")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/skab/results)")
-    p.add_argument("--name", help="run name in the table (default: model[+config][+overrides])")
+    p = runs.parser(__doc__)
+    runs.add_run_arguments(p, f"SKAB data folder (default {DEFAULT_DATA})", DEFAULT_DATA, RESULTS)
     p.add_argument("--no-plots", action="store_true", help="skip the per-subset figures")
     p.add_argument("--no-baselines", action="store_true", help="do not (re)write the baseline records")
     p.add_argument("--isolated", action="store_true",
@@ -166,39 +105,20 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     torch.set_num_threads(1)
-    sets = parse_sets(args.set)
-    try:
-        config = load_config(args.config, model=args.model, **sets)
-    except ConfigError as exc:
-        raise SystemExit(f"run.py: {exc}") from None
-    name = args.name or default_name(args.model, args.config, sets)
-    try:
+    config, sets, name = runs.run_config(args)
+    with runs.exit_on(*runs.LOAD_ERRORS):
         files = load(args.data)
-    except (OSError, ValueError, HiddenstateError) as exc:
-        raise SystemExit(f"run.py: {exc}") from None
 
-    try:
+    with runs.exit_on(HiddenstateError):
         record, outs = run_engine(files, config, args.model, args.isolated)
-    except HiddenstateError as exc:
-        raise SystemExit(f"run.py: {exc}") from None
-    command = " ".join(
-        [".venv/bin/python benchmarks/skab/run.py", "--model", shlex.quote(args.model)]
-        + (["--config", shlex.quote(args.config)] if args.config else [])
-        + [f"--set {shlex.quote(s)}" for s in args.set]
-        + ([f"--name {shlex.quote(args.name)}"] if args.name else [])
-    )
-    overrides = ", ".join(f"{k}={v}" for k, v in sets.items())
     record.update(
         name=name,
-        description=f"model {record['model_id']}, "
-        + (f"config {args.config}, " if args.config else "")
-        + (f"overrides {overrides}" if overrides else "default config")
-        + (f" ({args.note})" if args.note else ""),
-        command=command,
-        default_config=config.model_dump() == DetectorConfig(model=args.model).model_dump(),
-        engine_source=engine_source(),
+        description=runs.describe(record["model_id"], args.config, sets) + (f" ({args.note})" if args.note else ""),
+        command=runs.reproduce_command(SCRIPT, args),
+        default_config=runs.is_default_config(config, args.model),
+        engine_source=runs.engine_source(),
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        versions={"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__},
+        versions=runs.versions(),
         threads=torch.get_num_threads(),
     )
 
@@ -209,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
 
         plots_dir = args.out / "plots"
         plots_dir.mkdir(parents=True, exist_ok=True)
-        paths = plot_subsets(files, outs, config.threshold, f"{name} ({record['model_id']})", plots_dir, slug(name))
+        paths = plot_subsets(files, outs, config.threshold, f"{name} ({record['model_id']})", plots_dir,
+                             runs.slug(name))
         record["plots"] = [str(p.relative_to(args.out)) for p in paths]
     if not args.no_baselines:
         for b in baseline_records(files):
-            (runs_dir / f"baseline-{slug(b['name'])}.json").write_text(
-                json.dumps(table.jsonable(b), indent=1, allow_nan=False) + "\n")
+            write_json(runs_dir / f"baseline-{runs.slug(b['name'])}.json", b)
     record["total_seconds"] = time.perf_counter() - started
-    (runs_dir / f"{slug(name)}.json").write_text(json.dumps(table.jsonable(record), indent=1, allow_nan=False) + "\n")
+    write_json(runs_dir / f"{runs.slug(name)}.json", record)
     table.write(args.out)
 
     for variant, m in record["variants"].items():

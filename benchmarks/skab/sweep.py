@@ -13,30 +13,25 @@ holds across the three recording days. `--json` also writes the numbers as JSON.
 
 from __future__ import annotations
 
-import os
+import itertools
+import sys
+import time
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before numpy and torch load)
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+# isort: split
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load  # noqa: E402
-from benchmarks.skab.engine_run import score_files  # noqa: E402
-from benchmarks.skab.evaluate import diagnose, evaluate  # noqa: E402
-from benchmarks.skab.run import RESULTS, parse_sets  # noqa: E402
-from benchmarks.skab.table import jsonable  # noqa: E402
-from detector import load_config  # noqa: E402
+from benchmarks.report import write_json
+from benchmarks.runs import parse_sets, parser
+from benchmarks.skab.data import DEFAULT_DATA, SUBSETS, load
+from benchmarks.skab.evaluate import diagnose, evaluate
+from benchmarks.skab.run import RESULTS
+from benchmarks.streaming import score_files
+from detector import load_config
 
 DEFAULT_VARY = {
     "threshold": [0.9, 0.95, 0.99, 0.995, 0.9999],
@@ -83,9 +78,7 @@ def fmt(m: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = parser(__doc__)
     p.add_argument("--model", default="gru-default")
     p.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
                    help="setting held in every configuration")
@@ -122,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"model": args.model, "model_id": model_id, "base": base, "vary": vary, "product": args.product,
               "seconds": time.perf_counter() - started, "rows": rows}
     if args.json:
-        (args.out / f"{stem}.json").write_text(json.dumps(jsonable(record), allow_nan=False) + "\n")
+        write_json(args.out / f"{stem}.json", record, indent=None)
     lines = [
         f"# SKAB sweep{': ' + args.name if args.name else ''}",
         "",

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
+from benchmarks.report import cell, engine_at, load_runs, runs_section, write_json
 from benchmarks.skab.data import SUBSETS
 
 LEADERBOARD_SOURCE = (
@@ -35,26 +34,12 @@ OUTPUT_NAMES = {
 }
 
 
-def _f(v: object, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, int):
-        return str(v)
-    return f"{v:.{digits}f}"
-
-
-def load_runs(runs_dir: Path) -> list[dict]:
-    """Run records, engine runs first (in name order), then baselines."""
-    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]
-    return sorted(runs, key=lambda r: (r["kind"] != "engine", r.get("order", 0), r["name"]))
-
-
 def _metric_row(label: str, output: str, m: dict, source: str) -> str:
     return (
-        f"| {label} | {output} | {_f(m['f1'])} | {_f(m['far'])} | {_f(m['mar'])} | {_f(m['nab_standard'])} | "
-        f"{_f(m['nab_low_fp'])} | {_f(m['nab_low_fn'])} | {_f(m.get('cp_missed'))} | "
-        f"{_f(m.get('cp_false_positives'))} | "
-        f"{_f(m.get('nab_missed'))} / {_f(m.get('nab_false_positives'))} | {source} |"
+        f"| {label} | {output} | {cell(m['f1'])} | {cell(m['far'])} | {cell(m['mar'])} | {cell(m['nab_standard'])} | "
+        f"{cell(m['nab_low_fp'])} | {cell(m['nab_low_fn'])} | {cell(m.get('cp_missed'))} | "
+        f"{cell(m.get('cp_false_positives'))} | "
+        f"{cell(m.get('nab_missed'))} / {cell(m.get('nab_false_positives'))} | {source} |"
     )
 
 
@@ -103,21 +88,19 @@ def render(runs: list[dict]) -> str:
             cells = []
             for s in SUBSETS:
                 x = m[s]
-                cells.append(f"{_f(x['f1'])} / {_f(x['far'], 1)} / {_f(x['mar'], 1)} | {_f(x['nab_standard'], 1)}")
+                cells.append(
+                    f"{cell(x['f1'])} / {cell(x['far'], 1)} / {cell(x['mar'], 1)} | {cell(x['nab_standard'], 1)}")
             lines.append(f"| {r['name']} | {OUTPUT_NAMES.get(variant, variant)} | " + " | ".join(cells) + " |")
-    lines += ["", "## Runs", ""]
-    for r in runs:
-        extra = ""
-        if "scoring_seconds" in r:
-            src = r.get("engine_source") or {}
-            commit = (src.get("commit") or "unknown")[:10]
-            if src.get("engine_edited_since_commit"):
-                commit += " + uncommitted engine edits"
-            extra = (f"; engine at commit {commit}; scoring {r['scoring_seconds']:.1f} s, "
-                     f"whole run {r['total_seconds']:.1f} s"
-                     f" ({r.get('date', '')[:10]})")
-        lines.append(f"- **{r['name']}**: {r['description']}{extra}. Reproduce: `{r['command']}`")
+    lines += runs_section(runs, _engine_details)
     return "\n".join(lines) + "\n"
+
+
+def _engine_details(r: dict) -> str:
+    """Engine commit, timings and date of an engine run (nothing for a baseline)."""
+    if "scoring_seconds" not in r:
+        return ""
+    return (f"; {engine_at(r)}; scoring {r['scoring_seconds']:.1f} s, whole run {r['total_seconds']:.1f} s"
+            f" ({r.get('date', '')[:10]})")
 
 
 def write(results: Path) -> None:
@@ -141,17 +124,4 @@ def write(results: Path) -> None:
             for r in runs
         ],
     }
-    (results / "skab.json").write_text(json.dumps(jsonable(summary), indent=1, allow_nan=False) + "\n")
-
-
-def jsonable(v: object) -> object:
-    """A copy with NaN as None and numpy scalars as Python numbers, for strict JSON."""
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
+    write_json(results / "skab.json", summary)
