@@ -1,0 +1,66 @@
+"""Scores that hold on any sensor: constant, quantised and step-like channels, frozen ones, and a surprise that
+keeps its order in the tail (issue: scores that hold on any sensor)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector import Detector, DetectorConfig
+from detector.alerts import AlertKind
+from detector.scoring import surprise
+
+T0 = 1_700_000_000.0
+
+
+def _raises(values: np.ndarray) -> list:
+    det = Detector(config=DetectorConfig(), channels=values.shape[1])
+    result = det.score_arrays(["s"] * len(values), T0 + 60.0 * np.arange(len(values)), values)
+    return [e for e in result.events if e.kind is AlertKind.RAISE], result
+
+
+def test_a_constant_channel_opens_no_alert_and_a_spike_on_another_still_does():
+    rng = np.random.default_rng(0)
+    values = np.column_stack([np.full(3000, 7.0), 10 + rng.normal(0, 1, 3000)])
+    assert _raises(values)[0] == []
+    values[2000:2006, 1] += 6.0
+    raised, _ = _raises(values)
+    assert raised and 2000 <= (raised[0].ts - T0) / 60 < 2020 and raised[0].channel == 1
+
+
+def test_quantised_and_step_channels_are_not_stuck():
+    rng = np.random.default_rng(1)
+    quantised = np.round(10 + rng.normal(0, 0.4, 4000))  # a few levels, long runs on each
+    steps = np.repeat(rng.choice([0.0, 1.0, 2.0], 40), 100)  # a valve or a mode: holds a level for a while
+    # it learns that stepping is its normal: after its first steps (the first ever is news), none raises
+    assert [e for e in _raises(steps[:, None])[0] if e.ts >= T0 + 60.0 * 1000] == []
+    raised = _raises(quantised[:, None])[0]
+    # a chance run of the rarer levels may still move the level view once; never the stuck view
+    assert len(raised) <= 1 and all(e.cause != "stuck" for e in raised)
+
+
+def test_a_frozen_channel_that_used_to_move_opens_an_alert():
+    rng = np.random.default_rng(2)
+    values = 10 + rng.normal(0, 1, 3000)
+    values[2000:2200] = values[1999]
+    raised, _ = _raises(values[:, None])
+    assert raised and raised[0].cause == "stuck" and 2000 <= (raised[0].ts - T0) / 60 < 2030
+
+
+def test_no_saturation_on_normal_data():
+    rng = np.random.default_rng(3)
+    t = np.arange(6000)
+    values = np.column_stack([10 + rng.normal(0, 1, t.size), 5 + np.sin(t / 50.0) + rng.normal(0, 0.1, t.size)])
+    raised, result = _raises(values)
+    for field in (result.surprise[200:], result.score[200:]):
+        assert np.mean(field == field.max()) <= 0.001
+
+
+def test_surprise_is_monotone_in_the_tail_probability_and_matches_the_score():
+    z = np.linspace(0.0, 40.0, 4001)  # far beyond where 1 − Φ(z) is representable as a score below 1
+    s = surprise.normal_upper(z)
+    assert np.all(np.diff(s) > 0) and np.isfinite(s).all()
+    assert abs(surprise.to_score(np.array([3.0]))[0] - 0.999) < 1e-12
+    assert abs(surprise.of_score(0.999) - 3.0) < 1e-9
+    t2 = np.linspace(0.0, 4000.0, 2001)
+    assert np.all(np.diff(surprise.chi2_upper(t2, 3)) > 0)
+    assert np.all(np.diff(surprise.any_of(s, 8)) > 0)
