@@ -76,7 +76,7 @@ class ScoringService:
         self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes,
                                config.max_readings_per_message, max_key_bytes=config.max_key_bytes,
                                max_channels=config.max_channels, sensor_id_pattern=config.sensor_id_pattern,
-                               max_future_seconds=config.max_future_seconds)
+                               max_future_seconds=config.detector.max_future_seconds)
         self.engine: Engine | None = None
         if self.decoder.channels is not None:
             self.engine = self._new_engine(self.decoder.channels)
