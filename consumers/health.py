@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.config import ServiceConfig
-from consumers.logs import error_text, partitions_text
+from consumers.logs import CLIENT_LOG, error_text, partitions_text
 from consumers.metrics import Checks
 
 log = logging.getLogger("hiddenstate.serve")
@@ -75,8 +75,8 @@ class HealthMonitor:
         self.broker_ok = time.monotonic()
         self.broker_ok_wall = time.time()
         if self.broker_lost is not None:
-            log.info("Kafka at %s answers again after %.1fs", self.config.bootstrap_servers,
-                     self.broker_ok - self.broker_lost)
+            log.info("Kafka at %s answers again after %.1fs%s", self.config.bootstrap_servers,
+                     self.broker_ok - self.broker_lost, CLIENT_LOG.take())
             self.broker_lost = None
 
     def assign(self, assigned: set[TopicPartition] | None) -> None:
@@ -157,7 +157,7 @@ class HealthMonitor:
                 self.broker_lost = time.monotonic()
                 reason = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else error_text(exc)
                 log.warning("Kafka at %s not answering (%s); waiting for it, nothing is committed until the outputs "
-                            "are acknowledged", self.config.bootstrap_servers, reason)
+                            "are acknowledged%s", self.config.bootstrap_servers, reason, CLIENT_LOG.take())
             else:
                 log.debug("broker probe failed: %s", error_text(exc))
             return

@@ -55,7 +55,7 @@ from consumers.decode import Decoded, Decoder
 from consumers.delivery import Delivery
 from consumers.errors import StopRequested
 from consumers.health import HealthMonitor
-from consumers.logs import error_text, partitions_text
+from consumers.logs import CLIENT_LOG, error_text, partitions_text
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics, ServiceSnapshot, ServiceStats, open_endpoints
 from consumers.outputs import Output, OutputBuilder
 from consumers.ownership import Ownership, RebalanceListener
@@ -158,13 +158,14 @@ class ScoringService:
                     raise refused from None
                 waited = time.monotonic() - started
                 if cfg.start_timeout_seconds is not None and waited + delay > cfg.start_timeout_seconds:
-                    log.error("cannot reach Kafka at %s: %s; giving up after %.1fs (start_timeout_seconds)",
-                              cfg.bootstrap_servers, error_text(exc), waited)
+                    log.error("cannot reach Kafka at %s: %s; giving up after %.1fs (start_timeout_seconds)%s",
+                              cfg.bootstrap_servers, error_text(exc), waited, CLIENT_LOG.take())
                     raise TimeoutError(
                         f"Kafka at {cfg.bootstrap_servers} unreachable for {waited:.1f}s: {error_text(exc)}"
                     ) from None
-                log.warning("cannot reach Kafka at %s (attempt %d): %s; retrying in %.1fs",
-                            cfg.bootstrap_servers, self.stats.connect_attempts, error_text(exc), delay)
+                log.warning("cannot reach Kafka at %s (attempt %d): %s; retrying in %.1fs%s",
+                            cfg.bootstrap_servers, self.stats.connect_attempts, error_text(exc), delay,
+                            CLIENT_LOG.take())
                 await self._sleep_unless_stopped(delay)
                 delay = min(delay * 2, cfg.retry_max_seconds)
                 continue
