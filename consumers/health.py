@@ -1,8 +1,10 @@
 """Health and readiness of the service, as `/healthz` and `/readyz` report them, and the broker probe behind them.
 
 Healthy while the event loop and (once `run()` started) the processing loop go round within
-`health_stall_seconds`; ready while `run()` runs, the group has assigned this member its
-partitions and the broker answered within `broker_stale_seconds`.
+`health_stall_seconds`, also while the broker is down (a restart would not bring it back); ready
+while `run()` runs, the group has assigned this member its partitions and the broker answers: the
+first failed broker probe makes it unready at once, the next successful round trip ready again, and
+no answer within `broker_stale_seconds` counts as a failure too.
 
 `HealthMonitor` keeps the times those checks read: the event loop's turns (a ticker task), the
 processing loop's polls (`heartbeat`), the last successful broker round trip (`broker_contact`,
@@ -122,10 +124,14 @@ class HealthMonitor:
             checks["partitions"] = (True, f"{len(assigned)} assigned: {partitions_text(assigned)}")
         if restoring:
             checks["state"] = (False, "restoring sensor state from the changelog")
+        now = time.monotonic()
         if self.broker_ok is None:
             checks["broker"] = (False, "not reached yet")
+        elif self.broker_lost is not None:  # a probe failed: unready at once, not `broker_stale_seconds` later
+            checks["broker"] = (False, f"not answering for {now - self.broker_lost:.1f}s (last answer "
+                                       f"{now - self.broker_ok:.1f}s ago)")
         else:
-            age = time.monotonic() - self.broker_ok
+            age = now - self.broker_ok
             checks["broker"] = (age <= cfg.broker_stale_seconds,
                                 f"last answer {age:.1f}s ago (limit {cfg.broker_stale_seconds:g}s)")
         return all(ok for ok, _ in checks.values()), checks

@@ -1,7 +1,11 @@
-"""`hiddenstate serve` without its broker: a quiet log (issue 17, item 5).
+"""`hiddenstate serve` without its broker: a quiet log, and readiness that says so (issue 17, items 5 and 6).
 
-With the broker unreachable the Kafka client logged an ERROR on every reconnect (about 75 a second in a
-25 s outage): now the first of each kind shows, the rest are folded into the service's own line.
+- With the broker unreachable the Kafka client logged an ERROR on every reconnect (about 75 a second in a
+  25 s outage): now the first of each kind shows, the rest are folded into the service's own line.
+- `/readyz` stayed 200 for a whole outage (until `broker_stale_seconds` after the last answer): now the
+  first failed broker check makes it 503, and `/healthz` stays 200 (a restart would not help).
+
+The readiness test starts a broker of its own (as tests/test_serve_broker_restart.py does) and stops it.
 """
 
 from __future__ import annotations
@@ -10,12 +14,15 @@ import asyncio
 import io
 import logging
 import socket
+import time
 
 from consumers.config import ServiceConfig
 from consumers.logs import configure_logging
 from consumers.service import ScoringService
 from detector.config import DetectorConfig
 from detector.model.store import untrained
+from tests.test_serve_broker_restart import broker  # noqa: F401 - a fixture
+from tests.test_serve_kafka import model, new_topics, service_config, unique_name  # noqa: F401 - a fixture
 
 
 def _free_port() -> int:
@@ -74,3 +81,41 @@ def test_debug_logging_shows_every_client_record():
     client = [line for line in lines if "aiokafka" in line and "Unable connect to" in line]
     own = [line for line in lines if "hiddenstate.serve: cannot reach Kafka" in line]
     assert len(client) >= len(own) >= 3
+
+
+def test_readyz_fails_as_soon_as_the_broker_is_gone_and_healthz_does_not(broker, model):  # noqa: F811
+    async def scenario():
+        topics = await new_topics(broker.bootstrap)
+        cfg = service_config(broker.bootstrap, topics, unique_name("g"), retry_initial_seconds=0.2,
+                             retry_max_seconds=2)  # broker_probe_seconds 5, broker_stale_seconds 30: the defaults
+        async with ScoringService(cfg, model) as service:
+            task = asyncio.create_task(service.run())
+            deadline = time.monotonic() + 60
+            while not service.readiness()[0]:
+                assert time.monotonic() < deadline, service.readiness()
+                await asyncio.sleep(0.2)
+            await broker.stop()
+            stopped = time.monotonic()
+            while service.readiness()[0]:
+                assert service.health()[0], service.health()
+                assert time.monotonic() - stopped < 20, ("still ready without a broker", service.readiness())
+                await asyncio.sleep(0.2)
+            unready_after = time.monotonic() - stopped
+            ready, checks = service.readiness()
+            assert "not answering" in checks["broker"][1], checks
+            for _ in range(10):  # the outage goes on: not ready, and alive
+                await asyncio.sleep(0.5)
+                assert service.health()[0] and not service.readiness()[0]
+            await broker.restart()
+            deadline = time.monotonic() + 90
+            while not service.readiness()[0]:
+                assert service.health()[0], service.health()
+                assert time.monotonic() < deadline, service.readiness()
+                await asyncio.sleep(0.2)
+            assert not task.done()
+            service.request_stop()
+            await asyncio.wait_for(task, 30)
+        return unready_after
+
+    unready_after = asyncio.run(scenario())
+    assert unready_after < 20
