@@ -37,8 +37,13 @@ def make_producer(cfg: ServiceConfig) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=cfg.linger_ms,
         max_batch_size=OUTPUT_BATCH_BYTES,
-        max_request_size=max(1_048_576, cfg.max_message_bytes + 16_384),
+        max_request_size=request_bytes(cfg),
     )
+
+
+def request_bytes(cfg: ServiceConfig) -> int:
+    """The producer's max request size: room for a dead letter that copies the largest message accepted."""
+    return max(1_048_576, cfg.max_message_bytes + 16_384)
 
 
 async def quietly_stop(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:

@@ -171,6 +171,7 @@ class ScoringService:
                 continue
             self.consumer, self.delivery.producer = consumer, producer
             self.monitor.broker_contact()
+            await self.delivery.learn_limits()  # each output topic's max.message.bytes: sizes checked before sending
             consumer.subscribe(topics=list(cfg.input_topics),
                                listener=RebalanceListener(self._on_revoked, self._on_assigned))
             log.info("connected to %s; consuming %s as group %s", cfg.bootstrap_servers,
