@@ -36,7 +36,7 @@ def _columns(sensor: str, start: int, n: int) -> tuple[bytes, bytes]:
                                           "value": [1.0 + 0.1 * ((start + i) % 7) for i in range(n)]})
 
 
-def test_an_output_too_large_for_its_topic_is_dead_lettered_not_retried(kafka_bootstrap, model):
+def test_an_output_too_large_for_its_topic_is_dead_lettered_not_retried(kafka_bootstrap, model):  # noqa: F811
     # 20 small messages (one score record each, together far more than one 2,000-byte batch), then one of
     # 60 readings whose one score record is larger than the scores topic takes, then 5 small ones again
     messages = [_columns(f"s{i % 4}", 3 * (i // 4), 3) for i in range(20)]

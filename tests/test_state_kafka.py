@@ -599,7 +599,7 @@ def test_records_refused_after_the_engine_starts_are_reported(kafka_bootstrap, m
     assert any("3 changelog record(s) refused" in r.getMessage() for r in caplog.records)
 
 
-def test_exactly_once_zombie_is_fenced(kafka_bootstrap, model):
+def test_exactly_once_zombie_is_fenced(kafka_bootstrap, model):  # noqa: F811 - fixtures
     """A second instance with the same transactional id fences the first: its next transaction fails, it stops.
 
     The fence is handled where it happens: no future is left with its ProducerFenced unretrieved, which asyncio
