@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -36,11 +37,17 @@ def make_producer(cfg: ServiceConfig) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=cfg.linger_ms,
         max_batch_size=OUTPUT_BATCH_BYTES,
-        max_request_size=max(1_048_576, cfg.max_message_bytes + 16_384),
+        max_request_size=request_bytes(cfg),
     )
 
 
+def request_bytes(cfg: ServiceConfig) -> int:
+    """The producer's max request size: room for a dead letter that copies the largest message accepted."""
+    return max(1_048_576, cfg.max_message_bytes + 16_384)
+
+
 async def quietly_stop(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> None:
+    """Stop each client, never raising; a producer's own failed futures are marked retrieved (`retrieve_failures`)."""
     for client in clients:
         if client is None:
             continue
@@ -48,3 +55,29 @@ async def quietly_stop(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> 
             await client.stop()
         except Exception as exc:  # noqa: BLE001 - closing must not mask the reason we are closing
             log.debug("error while closing %s: %s", type(client).__name__, exc)
+        if isinstance(client, AIOKafkaProducer):
+            retrieve_failures(client)
+
+
+def retrieve_failures(producer: AIOKafkaProducer) -> int:
+    """Retrieve the exceptions a producer that failed for good left in the futures it keeps for itself; returns how many.
+
+    When aiokafka's sender stops on an error it cannot retry (`ProducerFenced`: another instance took the
+    transactional id), it fails every batch still queued and the open transaction with it. The batches'
+    acknowledgements are the service's to await (and it does); but each batch's drain waiter and the
+    transaction's waiter are aiokafka's own, nobody awaits them, and asyncio reports every one, with a long
+    traceback, as "Future exception was never retrieved" when it is collected. The service has handled that
+    failure already (logged it once, stopped or replaced the producer): this tells asyncio so. It reads
+    aiokafka's internals defensively: should they change, it finds nothing and does nothing.
+    """
+    waiters: list[object] = []
+    accumulator = getattr(producer, "_message_accumulator", None)
+    batches = [b for queue in getattr(accumulator, "_batches", {}).values() for b in queue]
+    for batch in [*batches, *getattr(accumulator, "_pending_batches", ())]:
+        waiters += [getattr(batch, "_drain_waiter", None), getattr(batch, "future", None)]
+    waiters.append(getattr(getattr(producer, "_txn_manager", None), "_transaction_waiter", None))
+    retrieved = 0
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled() and waiter.exception():
+            retrieved += 1
+    return retrieved

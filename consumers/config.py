@@ -26,6 +26,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from consumers.decode import MAX_READINGS_PER_MESSAGE
 from detector.config import DetectorConfig, load_config
 from detector.errors import ConfigError
 from detector.settings import Settings, env_values, load_settings
@@ -73,19 +74,15 @@ class ServiceConfig(Settings):
         description="Most values per reading: more are wrong_channels, and the channel count is never learnt "
                     "above it (each channel costs state in every sensor's slot).",
     )
-    max_future_seconds: float | None = Field(
-        86_400.0, gt=0,
-        description="Readings stamped further ahead of this machine's clock are bad_timestamp (the engine's "
-                    "event-time clock, which ages out idle sensors, must not jump); None = no limit.",
-    )
     sensor_id_pattern: str | None = Field(
         None, min_length=1,
         description="Regular expression every sensor id must match in full (e.g. `[A-Za-z0-9._:-]+`), else "
                     "bad_sensor_id; None = any printable string of 1-256 characters.",
     )
     max_readings_per_message: int = Field(
-        10_000, ge=1, le=1_000_000,
-        description="A batched message with more readings than this is dead-lettered whole as too_many_readings.",
+        MAX_READINGS_PER_MESSAGE, ge=1, le=1_000_000,
+        description="A batched message with more readings than this is dead-lettered whole as too_many_readings "
+                    "(the default is below what the most compact readings fit into max_message_bytes' default).",
     )
     score_records: Literal["per_reading", "per_message"] = Field(
         "per_reading",

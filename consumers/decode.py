@@ -24,7 +24,8 @@ an array, `values` an array of rows or an object of arrays by channel name):
   milliseconds, microseconds or nanoseconds (read from its size), or an ISO-8601 string
   (naive = UTC), exactly as the Python API and files read it;
 - `value` (one channel) or `values`: a list in channel order, or an object by
-  channel name. The names are fixed by `channel_names`, else by the sorted keys
+  channel name; `"value": null` is `not_numeric` (there, but not a number), a reading
+  without either field `missing_field`. The names are fixed by `channel_names`, else by the sorted keys
   of the first object seen; an object with another key set is `wrong_channels`.
 
 Decoding never raises: every reading gets a row, either for the engine or with a
@@ -38,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -50,10 +50,14 @@ import orjson
 
 from detector.readings.coerce import MAX_ABS_VALUE, coerce_sensor_id, coerce_values
 from detector.readings.reasons import SCORED, RejectReason
-from detector.readings.timestamps import epoch_numbers, to_seconds
+from detector.readings.timestamps import ahead_of_clock, epoch_numbers, to_seconds
 
 MAX_CHANNELS = 1024
-MAX_READINGS_PER_MESSAGE = 10_000
+MAX_READINGS_PER_MESSAGE = 4_000
+"""Most readings of a batched message (`max_readings_per_message`): below the 5,000 or so of the most compact
+columnar readings (a 10-digit ts and a one-digit value: 13 bytes) that fit in the default 65,536 bytes, so the
+limit is reached before the size limit and says what is wrong."""
+_LONG_INTEGER_ID = re.compile(rb'"sensor_id"\s*:\s*-?[0-9]{20}')
 
 
 DeadLetterReason = StrEnum("DeadLetterReason", {r.name: r.label for r in RejectReason}, module=__name__)
@@ -207,7 +211,17 @@ class Decoder:
             out.message[i], out.index[i], out.items[i] = piece[0], piece[1], piece[2]
             self._fill(out, i, piece[3])
             i += 1
+        self._check_future(out)
         return out
+
+    def _check_future(self, out: Decoded) -> None:
+        """Rows stamped more than `max_future_seconds` ahead of the clock are bad_timestamp, whatever their values
+        (the engine's event-time clock is its largest ts: one far-future reading would age out every sensor).
+        The check is the engine's own (`ahead_of_clock`); here it also says why."""
+        ahead = np.flatnonzero(ahead_of_clock(out.ts, self.max_future_seconds))
+        for i in ahead.tolist():
+            out.status[i] = RejectReason.BAD_TIMESTAMP
+            out.details[i] = f"ts {out.ts[i]:.0f} is more than max_future_seconds {self.max_future_seconds:g} ahead of now"
 
     def _fill(self, out: Decoded, i: int, item: tuple) -> None:
         """Row i of `out` from one parsed reading: (sensor id, ts, raw values), or why it is dead."""
@@ -222,14 +236,9 @@ class Decoder:
             return
         if not math.isfinite(ts):
             out.status[i] = RejectReason.BAD_TIMESTAMP
-            out.details[i] = "ts is not epoch seconds, epoch milliseconds or an ISO-8601 string"
+            out.details[i] = "ts is not an epoch number or ISO-8601 string of an instant from 1970 to 5138"
             return
-        if self.max_future_seconds is not None and ts > time.time() + self.max_future_seconds:
-            # the engine's event-time clock is its largest ts: one far-future reading would age out every sensor
-            out.status[i] = RejectReason.BAD_TIMESTAMP
-            out.details[i] = f"ts {ts:.0f} is more than max_future_seconds {self.max_future_seconds:g} ahead of now"
-            return
-        out.ts[i] = ts
+        out.ts[i] = ts  # a ts too far ahead of the clock is found for the whole batch at once (`_check_future`)
         if self.channels is None:  # no message of the batch could say how many channels there are
             out.status[i] = RejectReason.NOT_NUMERIC
             out.details[i] = "values are not a number, a list of numbers or an object of numbers"
@@ -249,12 +258,18 @@ class Decoder:
         if len(value) > self.max_message_bytes:
             return DeadLetterReason.TOO_LARGE, f"{len(value)} bytes > max_message_bytes {self.max_message_bytes}"
         try:
-            return orjson.loads(value)
+            doc = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             doc = _lenient_json(value)
             if doc is None:
                 return DeadLetterReason.MALFORMED_JSON, str(exc)[:200]
             return doc
+        if _LONG_INTEGER_ID.search(value) is not None:
+            # orjson reads an integer beyond 64 bits as a float, and an integer id of 20+ digits would lose its
+            # digits (and be refused: a float is no id); the stdlib parser keeps integers exact
+            exact = _lenient_json(value)
+            return doc if exact is None else exact
+        return doc
 
     def _batch(
         self, doc: object, key: bytes | None, message: int, earlier: list
@@ -366,7 +381,7 @@ class Decoder:
         ts = epoch_numbers(ts)
         if not (np.isfinite(ts).all() and np.isfinite(values).all() and (np.abs(values) <= MAX_ABS_VALUE).all()):
             return None
-        if self.max_future_seconds is not None and ts.max() > time.time() + self.max_future_seconds:
+        if ahead_of_clock(ts, self.max_future_seconds).any():
             return None
         if self.channels is None:
             self.channels = values.shape[1]
@@ -400,12 +415,14 @@ class Decoder:
             )
         if "ts" not in doc or doc["ts"] is None:
             return DeadLetterReason.MISSING_FIELD, f"{where}no ts field"
-        if "values" in doc and doc["values"] is not None:
+        if doc.get("values") is not None:
             raw = doc["values"]
-        elif "value" in doc and doc["value"] is not None:
+        elif doc.get("value") is not None:
             raw = doc["value"]
-        else:
+        elif "value" not in doc and "values" not in doc:
             return DeadLetterReason.MISSING_FIELD, f"{where}no value or values field"
+        else:
+            raw = None  # `"value": null`: there, but not a number (`hiddenstate produce` writes bad cells so)
         return sensor_id, to_seconds(doc["ts"]), raw
 
     def _learn_channels(self, raw: object) -> None:
@@ -440,7 +457,7 @@ class Decoder:
         if reason is RejectReason.WRONG_CHANNELS:
             return None, reason, f"{len(raw) if isinstance(raw, list) else 1} values for {channels} channels"
         if reason is RejectReason.NOT_NUMERIC:
-            return None, reason, f"values {_short(raw)} are not all numbers"
+            return None, reason, "value is null" if raw is None else f"values {_short(raw)} are not all numbers"
         return None, reason, f"values {_short(raw)} are not all finite"
 
 

@@ -6,6 +6,13 @@ the producer's own batch type, which this module alone relies on): a fraction of
 `Delivery.deliver` waits for every acknowledgement (acks=all) and resends what failed, with backoff
 and a new producer; `Delivery.transact` puts outputs and consumed offsets in one Kafka transaction
 (`processing_guarantee="exactly_once"`).
+
+Sizes are checked before sending: a record batch never grows past its topic's `max.message.bytes`
+(read from the broker at connect, `learn_limits`), and an output that alone would not fit is not sent
+to fail there (a MessageSizeTooLargeError, a resend with a new producer, a produce failure counted):
+a score record or alert event is dead-lettered as `output_too_large` (key, source headers, no value),
+a dead letter keeps its headers without the original's bytes (`truncated`). The changelog is not
+checked: a sensor's state is a few KB.
 """
 
 from __future__ import annotations
@@ -16,13 +23,17 @@ import logging
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from consumers.clients import make_producer, quietly_stop
+from consumers.clients import OUTPUT_BATCH_BYTES, make_producer, quietly_stop, request_bytes
 from consumers.config import ServiceConfig
 from consumers.crash import crash_point
+from consumers.decode import DeadLetterReason
 from consumers.logs import error_text
 from consumers.metrics import ServiceStats
 from consumers.outputs import Output
@@ -31,6 +42,10 @@ log = logging.getLogger("hiddenstate.serve")
 
 Sent = list[tuple[list[Output], asyncio.Future | BaseException]]
 """Each record batch sent: its outputs, and the future of its acknowledgement (or why it could not be sent)."""
+
+DEFAULT_TOPIC_BYTES = 1_048_588
+"""Kafka's default `max.message.bytes`: the limit assumed for an output topic whose own cannot be read."""
+OUTPUT_TOO_LARGE = DeadLetterReason.OUTPUT_TOO_LARGE.value
 
 
 class Delivery:
@@ -45,6 +60,29 @@ class Delivery:
         self.heartbeat = heartbeat
         self.producer: AIOKafkaProducer | None = None  # started by the service, replaced here after failures
         self._partitioner = DefaultPartitioner()  # the producer's, for outputs sent as record batches
+        outputs = (config.scores_topic, config.alerts_topic, config.dead_letter_topic)
+        self.limits: dict[str, int] = {t: min(DEFAULT_TOPIC_BYTES, request_bytes(config)) for t in outputs}
+        """The most bytes a record batch may have, per output topic (scores, alerts, dead letters)."""
+
+    async def learn_limits(self) -> dict[str, int]:
+        """Read each output topic's `max.message.bytes` from the broker (topics that do not exist yet, or a
+        principal without DescribeConfigs, keep Kafka's default); returns the limits."""
+        cfg = self.config
+        admin = AIOKafkaAdminClient(**cfg.kafka_client_kwargs())
+        try:
+            await admin.start()
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in self.limits])
+            for response in responses:
+                for error_code, _message, _type, topic, entries, *_ in response.resources:
+                    value = next((v for name, v, *_ in entries if name == "max.message.bytes"), None)
+                    if error_code == 0 and value is not None and topic in self.limits:
+                        self.limits[topic] = min(int(value), request_bytes(cfg))
+        except (KafkaError, ValueError, OSError) as exc:
+            log.debug("cannot read the output topics' max.message.bytes (%s); assuming %s", error_text(exc),
+                      self.limits)
+        finally:
+            await admin.close()
+        return self.limits
 
     async def deliver(self, outputs: list[Output]) -> None:
         """Produce every output and wait for its acknowledgement, resending failures with backoff."""
@@ -72,6 +110,8 @@ class Delivery:
                 errors.append(exc)
             if not failed:
                 return
+            if any(isinstance(e, MessageSizeTooLargeError) for e in errors):
+                await self.learn_limits()  # a topic's limit was lowered since: resent outputs are checked again
             self.stats.produce_retries += len(failed)
             log.warning("%d of %d outputs not acknowledged (%s); resending in %.1fs with a new producer",
                         len(failed), len(pending), error_text(errors[0]), delay)
@@ -171,6 +211,12 @@ class Delivery:
         chosen: dict[tuple[str, bytes | None], int] = {}  # the partitioner hashes in python: once per key and topic
         batches: dict[tuple[str, int], tuple[BatchBuilder, list[Output]]] = {}
         sent: Sent = []
+        outputs = self._fitted(outputs)
+        transactional = self.config.exactly_once
+
+        def new_batch(topic: str) -> BatchBuilder:  # the producer's kind of batch, no larger than its topic takes
+            return BatchBuilder(min(OUTPUT_BATCH_BYTES, self.limits.get(topic, OUTPUT_BATCH_BYTES)), 0,
+                                is_transactional=transactional)
 
         async def send(topic: str, partition: int) -> None:
             batch, outs = batches.pop((topic, partition))
@@ -198,12 +244,41 @@ class Delivery:
                     chosen[(out.topic, out.key)] = partition
             slot = (out.topic, partition)
             if slot not in batches:
-                batches[slot] = (producer.create_batch(), [])
+                batches[slot] = (new_batch(out.topic), [])
             if batches[slot][0].append(key=out.key, value=out.value, timestamp=None, headers=out.headers) is None:
                 await send(*slot)  # full: send it, start the next one (a first record always fits)
-                batches[slot] = (producer.create_batch(), [])
+                batches[slot] = (new_batch(out.topic), [])
                 batches[slot][0].append(key=out.key, value=out.value, timestamp=None, headers=out.headers)
             batches[slot][1].append(out)
         for slot in list(batches):
             await send(*slot)
         return sent
+
+    def _fitted(self, outputs: list[Output]) -> list[Output]:
+        """The outputs, each that alone would exceed its topic's limit replaced by what is sent instead: a dead
+        letter `output_too_large` for a score record or an alert, the headers alone for a dead letter."""
+        limits, dlq = self.limits, self.config.dead_letter_topic
+        out: list[Output] = []
+        too_large: list[tuple[str, int, int]] = []
+        for o in outputs:
+            limit = limits.get(o.topic)
+            size = 0 if limit is None else DefaultRecordBatchBuilder.estimate_size_in_bytes(o.key, o.value, o.headers)
+            if limit is None or size <= limit:  # the changelog is not checked
+                out.append(o)
+                continue
+            too_large.append((o.topic, size, limit))
+            length = str(len(o.value or b"")).encode()
+            if o.topic == dlq:  # the original cannot be copied: its headers, and that it was truncated
+                out.append(Output(dlq, o.key, None, [*o.headers, ("truncated", length)]))
+                continue
+            detail = f"the {o.topic} record of {size} bytes exceeds that topic's max.message.bytes {limit}"
+            self.stats.dead_lettered[OUTPUT_TOO_LARGE] = self.stats.dead_lettered.get(OUTPUT_TOO_LARGE, 0) + 1
+            out.append(Output(dlq, o.key, None, [("reason", OUTPUT_TOO_LARGE.encode()), ("detail", detail.encode()),
+                                                 ("output_topic", o.topic.encode()), ("truncated", length),
+                                                 *o.headers]))
+        if too_large:
+            topic, size, limit = max(too_large, key=lambda t: t[1])
+            log.warning("%d output(s) too large for their topic, sent to %s instead (largest: %d bytes for %s, whose "
+                        "max.message.bytes is %d); raise the topic's max.message.bytes if they are legitimately "
+                        "this large", len(too_large), dlq, size, topic, limit)
+        return out

@@ -1,8 +1,10 @@
 """Health and readiness of the service, as `/healthz` and `/readyz` report them, and the broker probe behind them.
 
 Healthy while the event loop and (once `run()` started) the processing loop go round within
-`health_stall_seconds`; ready while `run()` runs, the group has assigned this member its
-partitions and the broker answered within `broker_stale_seconds`.
+`health_stall_seconds`, also while the broker is down (a restart would not bring it back); ready
+while `run()` runs, the group has assigned this member its partitions and the broker answers: the
+first failed broker probe makes it unready at once, the next successful round trip ready again, and
+no answer within `broker_stale_seconds` counts as a failure too.
 
 `HealthMonitor` keeps the times those checks read: the event loop's turns (a ticker task), the
 processing loop's polls (`heartbeat`), the last successful broker round trip (`broker_contact`,
@@ -21,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from consumers.config import ServiceConfig
-from consumers.logs import error_text, partitions_text
+from consumers.logs import CLIENT_LOG, error_text, partitions_text
 from consumers.metrics import Checks
 
 log = logging.getLogger("hiddenstate.serve")
@@ -75,8 +77,8 @@ class HealthMonitor:
         self.broker_ok = time.monotonic()
         self.broker_ok_wall = time.time()
         if self.broker_lost is not None:
-            log.info("Kafka at %s answers again after %.1fs", self.config.bootstrap_servers,
-                     self.broker_ok - self.broker_lost)
+            log.info("Kafka at %s answers again after %.1fs%s", self.config.bootstrap_servers,
+                     self.broker_ok - self.broker_lost, CLIENT_LOG.take())
             self.broker_lost = None
 
     def assign(self, assigned: set[TopicPartition] | None) -> None:
@@ -122,10 +124,14 @@ class HealthMonitor:
             checks["partitions"] = (True, f"{len(assigned)} assigned: {partitions_text(assigned)}")
         if restoring:
             checks["state"] = (False, "restoring sensor state from the changelog")
+        now = time.monotonic()
         if self.broker_ok is None:
             checks["broker"] = (False, "not reached yet")
+        elif self.broker_lost is not None:  # a probe failed: unready at once, not `broker_stale_seconds` later
+            checks["broker"] = (False, f"not answering for {now - self.broker_lost:.1f}s (last answer "
+                                       f"{now - self.broker_ok:.1f}s ago)")
         else:
-            age = time.monotonic() - self.broker_ok
+            age = now - self.broker_ok
             checks["broker"] = (age <= cfg.broker_stale_seconds,
                                 f"last answer {age:.1f}s ago (limit {cfg.broker_stale_seconds:g}s)")
         return all(ok for ok, _ in checks.values()), checks
@@ -157,7 +163,7 @@ class HealthMonitor:
                 self.broker_lost = time.monotonic()
                 reason = f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError) else error_text(exc)
                 log.warning("Kafka at %s not answering (%s); waiting for it, nothing is committed until the outputs "
-                            "are acknowledged", self.config.bootstrap_servers, reason)
+                            "are acknowledged%s", self.config.bootstrap_servers, reason, CLIENT_LOG.take())
             else:
                 log.debug("broker probe failed: %s", error_text(exc))
             return

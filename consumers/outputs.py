@@ -4,7 +4,8 @@
   its reason and detail as headers;
 - score records: one per scored reading (`score_records = "per_reading"`), or one per input
   message and sensor whose fields are arrays over its readings (`"per_message"`);
-- alert events: one per alert raised or cleared.
+- alert events: one per alert raised or cleared, with `alert_id` and `kind` also as headers: together they
+  are the event's identity, the key a consumer de-duplicates on (a redelivered event is the same bytes).
 
 Every output says where its input was read (`source_topic`, `source_partition`, `source_offset`
 and, for a reading of a batched message, `source_index`). Within a batch the dead letters come
@@ -113,7 +114,8 @@ class OutputBuilder:
         return outputs
 
     def _alerts(self, messages: list, decoded: Decoded, result: StepResult) -> list[Output]:
-        """One record per alert event; its source headers are those of the reading that raised or cleared it."""
+        """One record per alert event, headers `alert_id` and `kind` (the dedup key), then the source headers of
+        the reading that raised or cleared it."""
         if not result.events:
             return []
         js = np.flatnonzero((result.status == SCORED) & result.released)
@@ -127,7 +129,9 @@ class OutputBuilder:
             doc = event.as_dict()
             doc["model"] = self.model_id
             i = scored_at.get((event.sensor_id, event.ts))
-            headers = source_headers(messages[decoded.message[i]], int(decoded.index[i])) if i is not None else []
+            headers = [("alert_id", event.alert_id.encode()), ("kind", event.kind.value.encode())]  # the dedup key
+            if i is not None:
+                headers += source_headers(messages[decoded.message[i]], int(decoded.index[i]))
             outputs.append(Output(self.config.alerts_topic, event.sensor_id.encode(), orjson.dumps(doc), headers))
             self.stats.alerts += 1
             log.info("alert %s %s score=%.4f", event.kind.value, event.alert_id, event.score,

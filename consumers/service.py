@@ -55,7 +55,7 @@ from consumers.decode import Decoded, Decoder
 from consumers.delivery import Delivery
 from consumers.errors import StopRequested
 from consumers.health import HealthMonitor
-from consumers.logs import error_text, partitions_text
+from consumers.logs import CLIENT_LOG, error_text, partitions_text
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics, ServiceSnapshot, ServiceStats, open_endpoints
 from consumers.outputs import Output, OutputBuilder
 from consumers.ownership import Ownership, RebalanceListener
@@ -76,7 +76,7 @@ class ScoringService:
         self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes,
                                config.max_readings_per_message, max_key_bytes=config.max_key_bytes,
                                max_channels=config.max_channels, sensor_id_pattern=config.sensor_id_pattern,
-                               max_future_seconds=config.max_future_seconds)
+                               max_future_seconds=config.detector.max_future_seconds)
         self.engine: Engine | None = None
         if self.decoder.channels is not None:
             self.engine = self._new_engine(self.decoder.channels)
@@ -158,18 +158,20 @@ class ScoringService:
                     raise refused from None
                 waited = time.monotonic() - started
                 if cfg.start_timeout_seconds is not None and waited + delay > cfg.start_timeout_seconds:
-                    log.error("cannot reach Kafka at %s: %s; giving up after %.1fs (start_timeout_seconds)",
-                              cfg.bootstrap_servers, error_text(exc), waited)
+                    log.error("cannot reach Kafka at %s: %s; giving up after %.1fs (start_timeout_seconds)%s",
+                              cfg.bootstrap_servers, error_text(exc), waited, CLIENT_LOG.take())
                     raise TimeoutError(
                         f"Kafka at {cfg.bootstrap_servers} unreachable for {waited:.1f}s: {error_text(exc)}"
                     ) from None
-                log.warning("cannot reach Kafka at %s (attempt %d): %s; retrying in %.1fs",
-                            cfg.bootstrap_servers, self.stats.connect_attempts, error_text(exc), delay)
+                log.warning("cannot reach Kafka at %s (attempt %d): %s; retrying in %.1fs%s",
+                            cfg.bootstrap_servers, self.stats.connect_attempts, error_text(exc), delay,
+                            CLIENT_LOG.take())
                 await self._sleep_unless_stopped(delay)
                 delay = min(delay * 2, cfg.retry_max_seconds)
                 continue
             self.consumer, self.delivery.producer = consumer, producer
             self.monitor.broker_contact()
+            await self.delivery.learn_limits()  # each output topic's max.message.bytes: sizes checked before sending
             consumer.subscribe(topics=list(cfg.input_topics),
                                listener=RebalanceListener(self._on_revoked, self._on_assigned))
             log.info("connected to %s; consuming %s as group %s", cfg.bootstrap_servers,

@@ -33,7 +33,9 @@ class Score:
 
     sensor_id: str
     ts: float
-    score: float  # of the reading at `scored_ts`
+    score: float
+    """The calibrated score in [0, 1] of the reading at `scored_ts`; NaN when the reading was rejected (`rejected`
+    says why) or, with a look-ahead model, released no reading to score. Never a normal-looking 0."""
     is_anomaly: bool
     alerting: bool
     expected: tuple[float, ...]

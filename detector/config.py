@@ -83,6 +83,11 @@ class DetectorConfig(Settings):
         " Changing it discards checkpointed state."
     )
     initial_capacity: int = Field(1024, ge=1, description="Slots allocated up front; grows by doubling.")
+    max_future_seconds: float | None = Field(
+        86_400.0, gt=0, description="Readings stamped further ahead of this machine's clock are bad_timestamp, through"
+        " the Python API, replay and Kafka alike: the event-time clock, which ages out idle sensors, must not jump."
+        " None = no limit."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DetectorConfig:

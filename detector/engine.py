@@ -32,6 +32,7 @@ from detector.state.codec import StateCodec
 from detector.state.pool import Rows, StatePool
 from detector.readings.coerce import MAX_ABS_VALUE
 from detector.readings.reasons import READING_REASONS, SCORED, RejectReason
+from detector.readings.timestamps import usable_seconds
 
 log = logging.getLogger("hiddenstate.engine")
 
@@ -72,10 +73,12 @@ class StepResult:
     seen: the values of that reading.
     expected: what the network expected it to be (NaN before a sensor has an estimate).
     residual: seen − expected per channel.
-    score: calibrated score in [0, 1], float64: 1 − the tail probability of the reading under the sensor's
-        own history (0 for rejected rows and a sensor's first reading).
-    surprise: −log10 of that tail probability (≥ 0): the same order as `score`, kept into the far tail
-        where the score is 1.0 (`detector.scoring.surprise`); 3 at a score of 0.999.
+    score: calibrated score in [0, 1], float64, of the reading at `target_ts`: 1 − the tail probability of the
+        reading under the sensor's own history (0 while its sensor has no estimate yet: its first readings, the
+        first after a gap reset); NaN where nothing was scored (rejected rows, and a look-ahead model's rows that
+        release no reading), so a rejected row never looks like a normal one.
+    surprise: −log10 of that tail probability (≥ 0; NaN where the score is): the same order as `score`, kept
+        into the far tail where the score is 1.0 (`detector.scoring.surprise`); 3 at a score of 0.999.
     anomalous: the reading crossed the threshold (after warm-up).
     alerting: the sensor's alert is open after this row.
     events: alert raise/clear events, in input order.
@@ -240,8 +243,8 @@ class Engine:
             status=status,
             expected=np.full((n, self.channels), np.nan),
             residual=np.full((n, self.channels), np.nan),
-            score=np.zeros(n),
-            surprise=np.zeros(n),
+            score=np.full(n, np.nan),
+            surprise=np.full(n, np.nan),
             anomalous=np.zeros(n, dtype=bool),
             alerting=np.zeros(n, dtype=bool),
             events=[],
@@ -279,7 +282,7 @@ class Engine:
         if values.shape[1] != self.channels:
             status[status == SCORED] = RejectReason.WRONG_CHANNELS
             return
-        bad_ts = ~np.isfinite(result.ts)
+        bad_ts = ~usable_seconds(result.ts, self.config.max_future_seconds)  # the one timestamp rule's range
         bad_values = ~(np.abs(values) <= MAX_ABS_VALUE).all(axis=1)  # NaN, inf, or beyond what the state can hold
         if bad_ts.any() or bad_values.any():
             ok = status == SCORED

@@ -7,7 +7,7 @@ file are fed in timestamp order (a stable sort, so a sorted file goes in file
 order), one file after the other; a sensor seen in several files keeps its state.
 
 Writes a scores CSV (one row per reading, rejected ones included with the
-reason), the alert events as JSON lines, optionally a plot, and prints a summary.
+reason and an empty score), the alert events as JSON lines, optionally a plot, and prints a summary.
 `replay_files` does the work; `write_scores` and `write_alerts` write its outputs.
 """
 
@@ -58,7 +58,8 @@ class ReplayResult:
     """Everything a replay produced, row i for the i-th reading scored (files concatenated, each sorted by time).
 
     status: 0 if scored, PENDING if accepted but never scored (a look-ahead model's last readings of a sensor,
-    which no later reading released), else a RejectReason value; expected: the forecast (NaN if none);
+    which no later reading released), else a RejectReason value; score: NaN unless scored (so an empty cell in
+    the scores CSV); expected: the forecast (NaN if none);
     labels: ground-truth columns of the files (NaN where a file had none);
     skipped: (file, line, reason) of rows that never reached the engine.
     """
@@ -163,7 +164,7 @@ def replay_files(
 
     total = sum(len(f) for f in files)
     status = np.zeros(total, dtype=np.int8)
-    score, surprise = np.zeros(total), np.zeros(total)
+    score, surprise = np.full(total, np.nan), np.full(total, np.nan)  # NaN: rejected, or never scored (`PENDING`)
     anomalous = np.zeros(total, dtype=bool)
     alerting = np.zeros(total, dtype=bool)
     expected = np.full((total, channels), np.nan, dtype=np.float32)
@@ -263,7 +264,8 @@ def write_scores(result: ReplayResult, path: Path) -> None:
     """The scores CSV: ts, sensor_id, score, surprise, anomalous, alerting, status, then value_<ch> and expected_<ch>.
 
     The score is written in full (shortest round-trip float64), so scores near 1 keep their order; the
-    surprise (−log10 of the tail probability) keeps it further, where the score is 1.0.
+    surprise (−log10 of the tail probability) keeps it further, where the score is 1.0. A row that was
+    not scored (status a reject reason, or `pending`) has empty score and surprise cells, never a 0.
     """
     labels = {SCORED: "scored", PENDING: "pending", **{r.value: r.label for r in RejectReason}}
     header = ["ts", "sensor_id", "score", "surprise", "anomalous", "alerting", "status"]
@@ -277,8 +279,8 @@ def write_scores(result: ReplayResult, path: Path) -> None:
             columns: list[list[str]] = [
                 iso_times(result.ts[rows]).tolist(),
                 result.sensor_ids[rows],
-                [repr(s) for s in result.score[rows].tolist()],
-                [f"{s:.6g}" for s in result.surprise[rows].tolist()],
+                [_fmt(s, repr) for s in result.score[rows].tolist()],  # empty: not scored
+                [_fmt(s, "{:.6g}".format) for s in result.surprise[rows].tolist()],
                 result.anomalous[rows].astype(np.int8).tolist(),
                 result.alerting[rows].astype(np.int8).tolist(),
                 [labels[s] for s in result.status[rows].tolist()],

@@ -112,7 +112,7 @@ def test_bad_input_is_rejected_with_reason_and_leaves_state_untouched(small_mode
     before = {name: getattr(pool, name)[slot].copy() for name in ("hidden", "norm_mean", "norm_var", "count", "last_ts", "forecast")}
     out = det.score_one("s", ts, values)
     assert out.rejected is reason
-    assert out.score == 0.0 and not out.is_anomaly
+    assert np.isnan(out.score) and not out.is_anomaly  # issue 17: a rejected reading's score is NaN, not 0.0
     for name, value in before.items():
         np.testing.assert_array_equal(getattr(pool, name)[slot], value, err_msg=name)
     assert det.stats.rejected[reason] == 1
@@ -141,10 +141,11 @@ def test_bad_rows_do_not_disturb_others_in_the_batch(small_model):
     values = noisy_sine(30)
     clean = Detector(small_model, config=CONFIG, channels=1)
     dirty = Detector(small_model, config=CONFIG, channels=1)
-    ref = [clean.score_one("a", float(t), float(values[t, 0])).score for t in range(30)]
+    # the time axis starts at 1: the late reading of t = 0 is at 0.5, not before the epoch (that is bad_timestamp)
+    ref = [clean.score_one("a", float(t + 1), float(values[t, 0])).score for t in range(30)]
     got = []
     for t in range(30):
-        r = dirty.score_many(["a", "a", "b"], [float(t), float(t) - 0.5, float(t)], [float(values[t, 0]), 1.0, "bad"])
+        r = dirty.score_many(["a", "a", "b"], [float(t + 1), t + 0.5, float(t + 1)], [float(values[t, 0]), 1.0, "bad"])
         got.append(r.score[0])
         assert r.reason(1) in (RejectReason.OUT_OF_ORDER, None if t == 0 else RejectReason.OUT_OF_ORDER)
         assert r.reason(2) is RejectReason.NOT_NUMERIC

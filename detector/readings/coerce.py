@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -17,16 +17,27 @@ MAX_ABS_VALUE = 1e15
 this would overflow them and leave the sensor's scores NaN for good, so such readings are rejected as not_finite."""
 
 
+def valid_sensor_id(text: object) -> bool:
+    """The one id rule: a printable string of 1 to MAX_SENSOR_ID_LENGTH characters (the state pool's key)."""
+    return isinstance(text, str) and 0 < len(text) <= MAX_SENSOR_ID_LENGTH and text.isprintable()
 
 
 def coerce_sensor_id(sensor_id: object) -> str | None:
-    """The sensor id as a non-empty string of at most MAX_SENSOR_ID_LENGTH characters, or None."""
-    if isinstance(sensor_id, bool) or not isinstance(sensor_id, (str, int)):
+    """The sensor id as a string by the one id rule, or None.
+
+    A string is taken as it is; an integer of any size (a JSON integer, a numpy integer) as its decimal
+    digits, so `123` and `"123"` are the same sensor. Booleans, floats and anything else are not ids.
+    """
+    if isinstance(sensor_id, str):
+        text = sensor_id
+    elif isinstance(sensor_id, Integral) and not isinstance(sensor_id, (bool, np.bool_)):
+        try:
+            text = str(int(sensor_id))
+        except ValueError:  # more digits than Python converts to text (sys.get_int_max_str_digits)
+            return None
+    else:
         return None
-    text = str(sensor_id)
-    if not text or len(text) > MAX_SENSOR_ID_LENGTH or not text.isprintable():
-        return None
-    return text
+    return text if valid_sensor_id(text) else None
 
 
 def coerce_timestamp(ts: object) -> float | None:

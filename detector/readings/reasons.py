@@ -4,7 +4,8 @@ A rejected reading leaves its sensor's state untouched and is reported with one 
 in status arrays as its code (0 is reserved for "scored"), in dead-letter headers, metrics labels
 and files as its `label`, with a default `detail` for people. The first seven can be found in a
 reading itself (by the engine too); the others only while reading a Kafka message, before there is
-a reading to score.
+a reading to score, and one (`OUTPUT_TOO_LARGE`) only while producing: the reading was scored, but its
+score record or alert event is larger than its topic accepts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class RejectReason(IntEnum):
     MISSING_FIELD = 10
     TOO_LARGE = 11
     TOO_MANY_READINGS = 12
+    # found only while producing an output
+    OUTPUT_TOO_LARGE = 13
 
     @property
     def label(self) -> str:
@@ -64,4 +67,5 @@ _DETAILS = {
     RejectReason.MISSING_FIELD: "a field a reading needs is missing",
     RejectReason.TOO_LARGE: "the message or its key is larger than the service accepts",
     RejectReason.TOO_MANY_READINGS: "the message holds more readings than the service accepts",
+    RejectReason.OUTPUT_TOO_LARGE: "the reading's score record or alert event is larger than its topic accepts",
 }

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detector.state.id_map import IdMap, hash_ids
-from detector.readings.coerce import MAX_SENSOR_ID_LENGTH
+from detector.readings.coerce import valid_sensor_id
 
 # name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor,
 # "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead; "CX" = one per channel
@@ -228,8 +228,8 @@ class StatePool:
     def assign(self, sensor_ids: Sequence[str]) -> np.ndarray:
         """Slots for `sensor_ids`, creating fresh state for new sensors.
 
-        New ids are checked here, once in their life: an empty id or one longer than
-        MAX_SENSOR_ID_LENGTH gets slot -1 and no state.
+        New ids are checked here, once in their life, by the one id rule (`valid_sensor_id`): an id that is
+        not a printable string of 1 to MAX_SENSOR_ID_LENGTH characters gets slot -1 and no state.
         """
         keys = hash_ids(sensor_ids)
         slots = self._map.lookup(keys)
@@ -237,7 +237,7 @@ class StatePool:
         if missing.size:
             new_keys, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
             valid = np.fromiter(
-                (0 < len(sensor_ids[i]) <= MAX_SENSOR_ID_LENGTH for i in missing[first].tolist()),
+                (valid_sensor_id(sensor_ids[i]) for i in missing[first].tolist()),
                 dtype=bool,
                 count=first.size,
             )
