@@ -107,6 +107,11 @@ class Detector:
     ) -> StepResult:
         """Score a batch already in arrays (ts [B] seconds, values [B, C]): the fast path.
 
+        The engine's guards hold here too: a ts that is no usable instant (before 1970, from 5138 on: a
+        millisecond array is refused, not read as seconds) or more than `max_future_seconds` ahead of the clock
+        is bad_timestamp, a value beyond ±1e15 not_finite, an id that is no printable string of 1-256 characters
+        bad_sensor_id.
+
         status: optional per-row RejectReason codes found while decoding (0 = fine); those rows are
         passed through as rejected with that reason.
         """
