@@ -41,6 +41,7 @@ from consumers.logs import error_text, partitions_text
 from consumers.metrics import PREFIX, ArrayHistogram
 from consumers.outputs import Output
 from consumers.ownership import Ownership
+from consumers.waits import bounded
 
 if TYPE_CHECKING:
     from detector.engine import Engine
@@ -107,7 +108,8 @@ async def ensure_changelog(config: ServiceConfig) -> int:
     """Create the compacted changelog topic if it is missing; returns its partition count.
 
     Partitions: the most of any input topic's (changelog partition p mirrors input partition p).
-    Only topics that exist are described: aiokafka's `describe_topics` is a Metadata request that
+    A topic it creates is waited for until each partition has a leader, at most `broker_wait_seconds`
+    (`BrokerWaitTimeout`: the service retries the connect). Only topics that exist are described: aiokafka's `describe_topics` is a Metadata request that
     lets the broker auto-create a missing topic (`auto.create.topics.enable`, on by default), which
     would make the changelog an ordinary topic with `cleanup.policy=delete`.
     """
@@ -135,11 +137,28 @@ async def ensure_changelog(config: ServiceConfig) -> int:
                 topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
             )])
             log.info("created the compacted changelog topic %s with %d partition(s)", config.changelog_name, wanted)
+            await bounded(_leaders_elected(admin, config.changelog_name, wanted),
+                          f"leaders of the new changelog topic {config.changelog_name}'s {wanted} partition(s)",
+                          config.broker_wait_seconds)
         except TopicAlreadyExistsError:  # made meanwhile (another instance, or just before our metadata saw it)
             await _warn_unless_compacted(admin, config.changelog_name)
         return wanted
     finally:
         await admin.close()
+
+
+async def _leaders_elected(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
+    """Return once each of a new topic's `partitions` has a leader (retrying the metadata every 0.2 s).
+
+    A topic exists before its partitions have leaders; a first batch that writes to one without would
+    wait, silently, for aiokafka's request timeout (40 s) and fail with NotLeaderForPartitionError.
+    """
+    while True:
+        described = await admin.describe_topics([topic])
+        parts = described[0].get("partitions", []) if described and described[0].get("error_code") == 0 else []
+        if len(parts) >= partitions and all(p.get("leader", -1) >= 0 for p in parts):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def _warn_unless_compacted(admin: AIOKafkaAdminClient, topic: str) -> None:

@@ -59,6 +59,31 @@ async def quietly_stop(*clients: AIOKafkaConsumer | AIOKafkaProducer | None) -> 
             retrieve_failures(client)
 
 
+async def discard(producer: AIOKafkaProducer, seconds: float) -> None:
+    """Stop a producer that may be stuck, within `seconds`: else its sender is cancelled and its connections closed.
+
+    `stop()` flushes first, and a producer stuck in a transaction request that aiokafka retries for ever
+    (consumers/waits.py), or holding a batch for a partition it never added to the transaction, never
+    finishes flushing. Its batches are abandoned: they were not acknowledged, so their outputs are sent
+    again by the next producer (and a transactional one's open transaction is aborted by the next
+    producer's InitProducerId).
+    """
+    try:
+        await asyncio.wait_for(quietly_stop(producer), seconds)
+        return
+    except TimeoutError:
+        log.warning("the old producer did not stop within %gs (broker_wait_seconds); closing it without flushing",
+                    seconds)
+    sender = getattr(producer, "_sender", None)  # aiokafka's internals, read defensively
+    try:
+        if sender is not None:
+            await asyncio.wait_for(sender.close(), seconds)
+        await asyncio.wait_for(producer.client.close(), seconds)
+    except Exception as exc:  # noqa: BLE001 - closing must not mask the reason we are closing
+        log.debug("error while closing a stuck producer: %s", exc)
+    retrieve_failures(producer)
+
+
 def retrieve_failures(producer: AIOKafkaProducer) -> int:
     """Retrieve the exceptions a producer that failed for good left in the futures it keeps for itself; returns how many.
 

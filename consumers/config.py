@@ -150,6 +150,13 @@ class ServiceConfig(Settings):
     restore_timeout_seconds: float = Field(
         300.0, gt=0, description="Most time a restore from the changelog may take before it is abandoned.",
     )
+    broker_wait_seconds: float = Field(
+        30.0, gt=0,
+        description="Most time one wait on the broker without a timeout of its own may take: each step of an "
+                    "exactly_once transaction (begin, acknowledgements, offsets, commit, abort) and the leaders of "
+                    "a changelog topic just created. Then the step is given up (the transaction aborted, the batch "
+                    "consumed again; the creation retried). A wait is logged as a warning after 5 s.",
+    )
 
     # --- security (passed to aiokafka; see docs/security.md) ---------------------------
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

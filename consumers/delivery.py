@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -30,15 +31,19 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from consumers.clients import OUTPUT_BATCH_BYTES, make_producer, quietly_stop, request_bytes
+from consumers.clients import OUTPUT_BATCH_BYTES, discard, make_producer, request_bytes
 from consumers.config import ServiceConfig
 from consumers.crash import crash_point
 from consumers.decode import DeadLetterReason
+from consumers.errors import BrokerWaitTimeout, ServiceError
 from consumers.logs import error_text
 from consumers.metrics import ServiceStats
 from consumers.outputs import Output
+from consumers.waits import Waiting, bounded
 
 log = logging.getLogger("hiddenstate.serve")
+
+T = TypeVar("T")
 
 Sent = list[tuple[list[Output], asyncio.Future | BaseException]]
 """Each record batch sent: its outputs, and the future of its acknowledgement (or why it could not be sent)."""
@@ -52,12 +57,15 @@ class Delivery:
     """The service's producer, and how outputs get through it.
 
     heartbeat: called while retrying with backoff (retrying is progress, not a stuck loop).
+    waiting: where the bounded wait in progress is recorded, for /readyz and /healthz.
     """
 
-    def __init__(self, config: ServiceConfig, stats: ServiceStats, heartbeat: Callable[[], None]) -> None:
+    def __init__(self, config: ServiceConfig, stats: ServiceStats, heartbeat: Callable[[], None],
+                 waiting: Waiting | None = None) -> None:
         self.config = config
         self.stats = stats
         self.heartbeat = heartbeat
+        self.waiting = waiting
         self.producer: AIOKafkaProducer | None = None  # started by the service, replaced here after failures
         self._partitioner = DefaultPartitioner()  # the producer's, for outputs sent as record batches
         outputs = (config.scores_topic, config.alerts_topic, config.dead_letter_topic)
@@ -122,44 +130,56 @@ class Delivery:
             delay = min(delay * 2, cfg.retry_max_seconds)
             pending = failed
 
-    async def transact(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> KafkaError | None:
+    async def transact(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> ServiceError | KafkaError | None:
         """exactly_once: the outputs (changelog records among them) and the consumed offsets in one transaction.
 
-        Every record is acknowledged before the offsets join the transaction and it commits. Returns
-        None once committed, or the KafkaError that failed it, after aborting it (read_committed
-        readers never see its outputs) and replacing the producer. Raises ProducerFenced (another
-        instance has this transactional id: nothing can be sent any more). Counts commits and failures.
+        Every record is acknowledged before the offsets join the transaction and it commits. Each step
+        waits at most `broker_wait_seconds` (aiokafka's own waits have no bound, consumers/waits.py).
+        Returns None once committed, or the error that failed it (a KafkaError, or `BrokerWaitTimeout`),
+        after aborting it (read_committed readers never see its outputs) and replacing the producer.
+        Raises ProducerFenced (another instance has this transactional id: nothing can be sent any
+        more). Counts commits and failures.
         """
         assert self.producer is not None
         producer = self.producer
+        limit = self.config.broker_wait_seconds
+
+        def step(awaitable: Awaitable[T], what: str) -> Awaitable[T]:
+            return bounded(awaitable, what, limit, self.waiting)
+
         try:
-            await producer.begin_transaction()
-            sent = await self._send_batches(outputs)  # record batches join the transaction too
+            await step(producer.begin_transaction(), "the transaction to begin (the producer id, InitProducerId)")
+            # record batches join the transaction too
+            sent = await step(self._send_batches(outputs), "the output topics' partitions (metadata)")
             # every record acknowledged before the offsets join the transaction and it commits (aiokafka can
             # commit a transaction whose batch failed; never let that happen)
             failed = [f for _, f in sent if isinstance(f, BaseException)]
-            acks = await asyncio.gather(*(f for _, f in sent if isinstance(f, asyncio.Future)), return_exceptions=True)
-            failed += [ack for ack in acks if isinstance(ack, BaseException)]
+            futures = [f for _, f in sent if isinstance(f, asyncio.Future)]
+            if futures:  # waiting does not cancel the acknowledgements (the producer is replaced after a timeout)
+                await step(asyncio.wait(futures), f"the acknowledgements of {len(futures)} record batch(es) of the "
+                                                  "transaction (partitions added to it, their leaders)")
+            failed += [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
             if failed:
                 raise failed[0]
             crash_point("produced")
             if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.config.group_id)
+                await step(producer.send_offsets_to_transaction(offsets, self.config.group_id),
+                           "the consumed offsets to join the transaction (AddOffsetsToTxn, TxnOffsetCommit)")
             crash_point("before_commit")
-            await producer.commit_transaction()
+            await step(producer.commit_transaction(), "the transaction's commit (EndTxn)")
             crash_point("committed")
         except ProducerFenced:
             self.stats.commit_failures += 1
             raise
-        except KafkaError as exc:
+        except (KafkaError, BrokerWaitTimeout) as exc:
             self.stats.commit_failures += 1
-            with contextlib.suppress(KafkaError, AssertionError):  # AssertionError: aiokafka's fatal state
-                await producer.abort_transaction()
+            self.heartbeat()  # a step given up at its bound is progress, not a stuck loop
+            if isinstance(exc, KafkaError):  # after a timed-out step aiokafka is mid-request: no abort to wait for
+                with contextlib.suppress(KafkaError, AssertionError, BrokerWaitTimeout):  # AssertionError: fatal state
+                    await step(producer.abort_transaction(), "the failed transaction's abort (EndTxn)")
             # a fresh producer (new epoch, fresh sequence numbers); its InitProducerId also aborts whatever
             # the old one left open
-            await quietly_stop(producer)
-            self.producer = make_producer(self.config)
-            await self.producer.start()
+            await self._renew_producer()
             return exc
         self.stats.commits += 1
         return None
@@ -182,14 +202,16 @@ class Delivery:
         client bumps the epoch instead). Keeps trying, with backoff, while the broker is unreachable.
         """
         cfg = self.config
-        await quietly_stop(self.producer)
+        if self.producer is not None:
+            await discard(self.producer, cfg.broker_wait_seconds)
         delay = cfg.retry_initial_seconds
         while True:
             producer = make_producer(cfg)
             try:
-                await producer.start()
-            except KafkaError as exc:
-                await quietly_stop(producer)
+                await bounded(producer.start(), "a new producer to start (its producer id, InitProducerId)",
+                              cfg.broker_wait_seconds, self.waiting)
+            except (KafkaError, BrokerWaitTimeout) as exc:
+                await discard(producer, cfg.broker_wait_seconds)
                 log.warning("cannot start a new producer: %s; retrying in %.1fs", error_text(exc), delay)
                 await asyncio.sleep(delay)
                 self.heartbeat()

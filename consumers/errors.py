@@ -29,6 +29,13 @@ class ProduceError(ServiceError):
     retriable = True
 
 
+class BrokerWaitTimeout(ServiceError):
+    """A wait on the broker that has no timeout of its own (a transaction step, a new topic's leaders) exceeded
+    `broker_wait_seconds`: the step is given up and tried again (consumers/waits.py)."""
+
+    retriable = True
+
+
 class KafkaDemoError(ServiceError):
     """The demo's broker cannot be reached, or its topics cannot be created."""
 

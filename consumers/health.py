@@ -1,10 +1,12 @@
 """Health and readiness of the service, as `/healthz` and `/readyz` report them, and the broker probe behind them.
 
 Healthy while the event loop and (once `run()` started) the processing loop go round within
-`health_stall_seconds`, also while the broker is down (a restart would not bring it back); ready
+`health_stall_seconds`, also while the broker is down (a restart would not bring it back) and
+while a bounded wait on the broker (consumers/waits.py) is within its `broker_wait_seconds`; ready
 while `run()` runs, the group has assigned this member its partitions and the broker answers: the
 first failed broker probe makes it unready at once, the next successful round trip ready again, and
-no answer within `broker_stale_seconds` counts as a failure too.
+no answer within `broker_stale_seconds` counts as a failure too; a wait on the broker that has lasted
+a few seconds (a transaction step, say) makes it unready until it ends.
 
 `HealthMonitor` keeps the times those checks read: the event loop's turns (a ticker task), the
 processing loop's polls (`heartbeat`), the last successful broker round trip (`broker_contact`,
@@ -25,6 +27,7 @@ from aiokafka.errors import KafkaError
 from consumers.config import ServiceConfig
 from consumers.logs import CLIENT_LOG, error_text, partitions_text
 from consumers.metrics import Checks
+from consumers.waits import Waiting
 
 log = logging.getLogger("hiddenstate.serve")
 
@@ -43,6 +46,7 @@ class HealthMonitor:
         self.broker_ok_wall: float | None = None
         self.broker_lost: float | None = None  # monotonic time a broker probe first failed (None: answering)
         self.lag: dict[tuple[str, int], int] = {}
+        self.waiting = Waiting()  # the bounded wait on the broker in progress (a transaction step, consumers/waits.py)
         self._probe_now = asyncio.Event()
         self._ticker: asyncio.Task | None = None
 
@@ -101,7 +105,12 @@ class HealthMonitor:
             checks["event_loop"] = (age <= limit, f"last turn {age:.1f}s ago (limit {limit:g}s)")
         if self.running and self.beat is not None:
             age = now - self.beat
-            if age > limit and self.broker_lost is not None:
+            wait = self.waiting.current
+            if age > limit and wait is not None and not wait.overdue():
+                # a bounded wait on the broker (readiness says so); it ends by itself at its bound
+                checks["processing_loop"] = (True, (f"last poll {age:.1f}s ago, waiting {wait.age():.0f}s for "
+                                                    f"{wait.what} (bound {wait.limit:g}s)"))
+            elif age > limit and self.broker_lost is not None:
                 # waiting on a broker that does not answer (readiness says so): a restart would not bring it back
                 checks["processing_loop"] = (True, (f"last poll {age:.1f}s ago, waiting for Kafka (not answering "
                                                     f"for {now - self.broker_lost:.0f}s)"))
@@ -124,6 +133,10 @@ class HealthMonitor:
             checks["partitions"] = (True, f"{len(assigned)} assigned: {partitions_text(assigned)}")
         if restoring:
             checks["state"] = (False, "restoring sensor state from the changelog")
+        wait = self.waiting.long_wait()
+        if wait is not None:
+            checks["broker_wait"] = (False, f"waiting {wait.age():.0f}s for {wait.what} (given up at {wait.limit:g}s, "
+                                            "broker_wait_seconds)")
         now = time.monotonic()
         if self.broker_ok is None:
             checks["broker"] = (False, "not reached yet")

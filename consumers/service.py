@@ -53,12 +53,13 @@ from consumers.config import ServiceConfig
 from consumers.crash import crash_point
 from consumers.decode import Decoded, Decoder
 from consumers.delivery import Delivery
-from consumers.errors import StopRequested
+from consumers.errors import BrokerWaitTimeout, StopRequested
 from consumers.health import HealthMonitor
 from consumers.logs import CLIENT_LOG, error_text, partitions_text
 from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics, ServiceSnapshot, ServiceStats, open_endpoints
 from consumers.outputs import Output, OutputBuilder
 from consumers.ownership import Ownership, RebalanceListener
+from consumers.waits import bounded
 from detector.engine import Engine, StepResult
 from detector.model.store import Model, load_model
 from detector.readings.reasons import SCORED
@@ -92,7 +93,7 @@ class ScoringService:
         self._http: HttpEndpoints | None = None
         # a batch's way out: outputs, their delivery, the partition of each sensor, the changelog (docs/state.md)
         self.outputs = OutputBuilder(config, self.model.model_id, self.decoder, self.stats)
-        self.delivery = Delivery(config, self.stats, self.monitor.heartbeat)
+        self.delivery = Delivery(config, self.stats, self.monitor.heartbeat, self.monitor.waiting)
         self.ownership = Ownership(self.stats, track_changes=config.checkpoints_enabled)
         self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry)
         self.checkpoint_stats = self.checkpoints.stats
@@ -146,11 +147,13 @@ class ScoringService:
             self.stats.connect_attempts += 1
             consumer, producer = make_consumer(cfg), make_producer(cfg)
             try:
-                await producer.start()
+                # a transactional producer's start waits for its producer id (InitProducerId), without a bound
+                await bounded(producer.start(), "the producer to start (its producer id, InitProducerId)",
+                              cfg.broker_wait_seconds, self.monitor.waiting)
                 await consumer.start()
                 if cfg.checkpoints_enabled:
                     await self.checkpoints.open()
-            except KafkaError as exc:
+            except (KafkaError, BrokerWaitTimeout) as exc:
                 await quietly_stop(consumer, producer)
                 refused = await diagnose(cfg)  # TLS trust, client certificate, SASL credentials: retrying cannot help
                 if refused is not None:
