@@ -77,10 +77,11 @@ class Broker:
         self.ours = "already" not in proc.stderr and "not started by this script" not in proc.stderr
         return self.bootstrap
 
-    def stop(self) -> None:
+    def stop(self, clean: bool = True) -> None:
+        """Stop the broker if this run started it; `clean`: delete its data too (else a `start` brings it back)."""
         if self.ours:
-            subprocess.run([str(SCRIPT), "stop", "--clean"], env=self.env, capture_output=True, text=True,
-                           timeout=120)
+            subprocess.run([str(SCRIPT), "stop", *(["--clean"] if clean else [])], env=self.env, capture_output=True,
+                           text=True, timeout=120)
 
 
 @contextlib.contextmanager

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import re
 import logging
-import os
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -35,6 +33,8 @@ from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     kafka_bootstrap,
     produce,
     read_all,
+    serve_command,
+    start_serve,
     unique_name,
     wait_committed,
 )
@@ -368,19 +368,8 @@ def test_stop_while_waiting_for_the_broker_exits_cleanly(model):
 
 
 def _serve_command(bootstrap: str, topics: dict[str, str], group: str, model_dir: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "consumers.commands.serve",
-        "--bootstrap", bootstrap, "--input-topic", topics["in"], "--scores-topic", topics["scores"],
-        "--alerts-topic", topics["alerts"], "--dead-letter-topic", topics["dlq"], "--group", group,
-        "--model", str(model_dir), "--max-batch", "50", "--poll-timeout-ms", "100", "--grace", "15",
-        "--metrics-address", "127.0.0.1", "--metrics-port", "0",
-    ]
-
-
-async def _start(cmd: list[str], log_path: Path) -> asyncio.subprocess.Process:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HIDDENSTATE_")}
-    return await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=log_path.open("wb"))
+    return serve_command(bootstrap, topics, group, model_dir, "--max-batch", "50", "--poll-timeout-ms", "100",
+                         "--grace", "15")
 
 
 async def _sigterm(proc: asyncio.subprocess.Process, log_path: Path) -> tuple[int, float]:
@@ -416,7 +405,7 @@ def test_sigterm_mid_stream_and_restart_skips_nothing(kafka_bootstrap, model_dir
         cmd = _serve_command(kafka_bootstrap, topics, group, model_dir)
         feeding = asyncio.create_task(producer(topics["in"]))
         log1, log2 = tmp_path / "serve1.log", tmp_path / "serve2.log"
-        first = await _start(cmd, log1)
+        first = await start_serve(cmd, log1)
         try:
             mid = await wait_committed(kafka_bootstrap, group, topics["in"], {}, timeout=90,
                                        predicate=lambda c: sum(c.values()) >= 300)
@@ -429,7 +418,7 @@ def test_sigterm_mid_stream_and_restart_skips_nothing(kafka_bootstrap, model_dir
         stopped.set()
         rc1, stop_seconds = await stop
         at_stop = await committed_offsets(kafka_bootstrap, group, topics["in"])
-        second = await _start(cmd, log2)
+        second = await start_serve(cmd, log2)
         await feeding
         ends = await end_offsets(kafka_bootstrap, topics["in"])
         try:

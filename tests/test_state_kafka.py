@@ -11,15 +11,13 @@ import collections
 import contextlib
 import gc
 import logging
-import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -36,7 +34,8 @@ from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
     kafka_bootstrap,
     produce,
     read_all,
-    topic_partitions,
+    read_topic,
+    start_serve,
     unique_name,
     wait_committed,
 )
@@ -125,33 +124,6 @@ def test_graceful_restart_resumes_state(kafka_bootstrap, model):
     assert markers and all(header(r, "kind") == "offset" for r in markers)
 
 
-async def read_topic(bootstrap: str, topic: str, committed_only: bool, timeout: float = 60.0) -> list:
-    """Every record of `topic` up to its end (the last stable offset with read_committed)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed" if committed_only else "read_uncommitted")
-    await consumer.start()
-    out: list = []
-    try:
-        ends = await consumer.end_offsets(await topic_partitions(consumer, topic))
-        todo = {tp: e for tp, e in ends.items() if e > 0}
-        if not todo:
-            return out
-        consumer.assign(list(todo))
-        await consumer.seek_to_beginning(*todo)
-        deadline = time.monotonic() + timeout
-        while True:
-            positions = {tp: await consumer.position(tp) for tp in todo}
-            if all(positions[tp] >= e for tp, e in todo.items()):
-                return out
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"read_topic({topic}): {positions} of {todo}")
-            batch = await consumer.getmany(timeout_ms=300)
-            for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < todo[tp])
-    finally:
-        await consumer.stop()
-
-
 async def run_until_restored(service: ScoringService, timeout: float = 60.0) -> None:
     """Run a started service until it has restored from the changelog once (or `timeout` s), then stop it."""
     task = asyncio.create_task(service.run())
@@ -169,13 +141,6 @@ def test_crash_point_setting_is_checked():
     for bad in ("scroed:1", "scored", "scored:0", "scored:x", ":2"):
         with pytest.raises(ValueError, match="restoring"):
             crash.parse(bad)
-
-
-async def _start_env(cmd: list[str], log_path: Path, **env: str) -> asyncio.subprocess.Process:
-    """`_start` with extra environment variables (HIDDENSTATE_CRASH_AT)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HIDDENSTATE_")}
-    return await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env={**base, **env}, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=log_path.open("wb"))
 
 
 async def _committed_total(bootstrap: str, group: str, topic: str) -> int:
@@ -218,7 +183,7 @@ def test_crash_at_every_step_loses_nothing(kafka_bootstrap, model, model_dir, tm
             point, n = crash.split(":")
             before = await _committed_total(kafka_bootstrap, group, topics["in"])
             if point == "external":
-                proc = await _start_env(cmd, log_path)
+                proc = await start_serve(cmd, log_path)
                 try:
                     await wait_committed(kafka_bootstrap, group, topics["in"], {}, timeout=120,
                                          predicate=lambda c, n=before + int(n): sum(c.values()) >= n)
@@ -229,7 +194,7 @@ def test_crash_at_every_step_loses_nothing(kafka_bootstrap, model, model_dir, tm
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
             else:
-                proc = await _start_env(cmd, log_path, HIDDENSTATE_CRASH_AT=crash)
+                proc = await start_serve(cmd, log_path, HIDDENSTATE_CRASH_AT=crash)
                 try:
                     await asyncio.wait_for(proc.wait(), 120)
                 except TimeoutError:
@@ -242,7 +207,7 @@ def test_crash_at_every_step_loses_nothing(kafka_bootstrap, model, model_dir, tm
             killed_at.append((crash, before, after))
             assert after < sum(ends.values()), f"the stream ended before the kill at {crash}"
         log_path = tmp_path / "serve-last.log"
-        proc = await _start_env(cmd, log_path)
+        proc = await start_serve(cmd, log_path)
         try:
             await wait_committed(kafka_bootstrap, group, topics["in"], ends, timeout=180)
         finally:
