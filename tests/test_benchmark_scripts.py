@@ -58,3 +58,31 @@ def test_service_phases_covers_each_input_format(tmp_path):
     assert rows["single"]["score_records_written"] == rows["envelope"]["score_records_written"] == 20000
     assert rows["columnar"]["score_records_written"] == 20000 // 100
     assert "| columnar | 100 |" in (tmp_path / "service_phases.md").read_text()
+
+
+def test_chaos_schedule_is_seeded_and_its_counts_find_missing_and_duplicates():
+    """benchmarks/chaos.py without a broker (a run needs its own, minutes): `--help`, the seeded fault schedule,
+    and the counting of its table."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import chaos
+
+    done = subprocess.run([sys.executable, str(BENCH / "chaos.py"), "--help"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and "--kills" in done.stdout and "--seed" in done.stdout, done.stderr
+    faults = chaos.schedule(seed=3, kills=4, duration=100)
+    assert faults == chaos.schedule(seed=3, kills=4, duration=100)
+    kinds = [f.kind for f in faults]
+    assert sorted(kinds) == ["broker", "in_transaction", "in_transaction", "join", "leave", "outside", "outside"]
+    assert kinds.index("join") < kinds.index("leave")
+    for i, kind in enumerate(kinds):  # an in-transaction kill's process is armed at its start: a kill or the start before
+        if kind == "in_transaction":
+            assert i == 0 or kinds[i - 1] in ("outside", "in_transaction")
+            assert faults[i].crash_at.split(":")[0] in chaos.CRASH_POINTS
+    assert [f.at for f in faults] == sorted(f.at for f in faults) and 0 < faults[0].at and faults[-1].at < 100
+    counts = chaos.count_outputs({0: 3, 1: 2}, scores=[(0, 0, -1), (0, 0, -1), (0, 2, -1), (1, 0, -1)],
+                                 dead=[(1, 1, -1)], alerts=[("a@1", "raise"), ("a@1", "raise"), ("a@1", "clear")],
+                                 reasons=["duplicate"])
+    assert counts["inputs"] == 5 and counts["distinct_scored"] == 3 and counts["missing"] == 1  # (0, 1)
+    assert counts["duplicate_scores"] == 1 and counts["episodes"] == 1
+    assert counts["duplicate_raises"] == 1 and counts["duplicate_clears"] == 0
+    assert counts["dead_letter_reasons"] == {"duplicate": 1}
