@@ -32,7 +32,7 @@ records, alert episodes with their duplicate raises and clears, dead letters, co
 the recovery time after each fault. Exit status 1 unless nothing is missing in either mode and nothing is
 duplicated in exactly_once. The logs of every `serve` process go to a temporary directory, printed at the end.
 
-    .venv/bin/python benchmarks/chaos.py            # default run (~6 min), writes benchmarks/results/chaos.{json,md}
+    .venv/bin/python benchmarks/chaos.py            # default run (~5 min), writes benchmarks/results/chaos.{json,md}
     .venv/bin/python benchmarks/chaos.py --quick    # ~3 min smoke run, writes to a temporary directory
     .venv/bin/python benchmarks/chaos.py --readings 60000 --sensors 500 --kills 6 --seed 7
 """
