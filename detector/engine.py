@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from detector import alerts
-from detector.scoring import calibration, causes, correlation, flatline, levels, normalise, thresholds
+from detector.scoring import calibration, causes, correlation, flatline, levels, normalise, seasons, thresholds
 from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
@@ -123,11 +123,13 @@ class Wave:
     state: Rows
     ts: np.ndarray
     values: np.ndarray  # [n, C]
+    prev: np.ndarray  # [n, C] the sensor's previous reading (meaningless where count is 0)
     count: np.ndarray  # readings the sensor had accepted before this one
     dt: np.ndarray  # seconds since its previous reading (0 for its first)
     gap: np.ndarray  # silent longer than `max_gap`: its hidden state was reset
     mean: np.ndarray  # the reading's frame: the normalisation as it was before it
     var: np.ndarray
+    step: np.ndarray
     std: np.ndarray
 
 
@@ -199,7 +201,7 @@ class Engine:
         """`clear_level` as a surprise: a channel's own level surprise at or above it holds an open alert."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
                               lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
-                              fast_level=self.fast_level)
+                              fast_level=self.fast_level, season_bins=config.season_bins)
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -299,7 +301,7 @@ class Engine:
             self._score(result, st, Targets(
                 wave.positions, slice(None), wave.ts, wave.values, wave.mean, wave.std, wave.count,
                 expected=wave.mean + wave.std * st.forecast,
-                expected_std=wave.std * np.exp(0.5 * st.forecast_logvar),
+                expected_std=np.maximum(wave.std * np.exp(0.5 * st.forecast_logvar), normalise.step_floor(wave.step)),
                 has_estimate=(st.since_reset > 0) & (wave.count >= calibration.MIN_READINGS),
             ))
             st.forecast[:], st.forecast_logvar[:] = self._observe(wave)
@@ -317,7 +319,7 @@ class Engine:
                     wave.positions[at], at, released_ts[at], released_x[at], released_mean[at], released_std[at],
                     count,
                     expected=released_mean[at] + released_std[at] * estimate[at],
-                    expected_std=released_std[at] * np.exp(0.5 * logvar[at]),
+                    expected_std=np.maximum(released_std[at] * np.exp(0.5 * logvar[at]), normalise.step_floor(wave.step[at])),
                     # as for forecasters, the first reading after a reset has no estimate from before it
                     has_estimate=(count >= calibration.MIN_READINGS) & (st.since_reset[at] > k),
                 ))
@@ -356,20 +358,23 @@ class Engine:
             self.stats.gap_resets += int(gap.sum())
         # The reading's frame: the statistics as they are before it (they were updated at the previous reading).
         mean, var = st.norm_mean.copy(), st.norm_var.copy()
-        return Wave(positions, slots, st, ts, values[positions], count, dt, gap, mean, var, normalise.scale(mean, var))
+        step = st.norm_step.copy()
+        # The sensor's previous reading: a look-ahead model's newest pending one, else the last one scored.
+        prev = (st.pending_values[:, -self.channels:] if self.delay else st.last_value).copy()
+        return Wave(positions, slots, st, ts, values[positions], prev, count, dt, gap, mean, var, step,
+                    normalise.scale(mean, var, step))
 
     def _observe(self, wave: Wave) -> tuple[np.ndarray, np.ndarray]:
         """Normalise the readings, update the statistics and step the network: its (estimate, log-variance)."""
         cfg, st, ts = self.config, wave.state, wave.ts
-        z, tfeat, new_mean, new_var, st.dt_mean[:] = normalise.observe(
-            wave.mean, wave.var, st.dt_mean, wave.count, wave.values, wave.dt, cfg.norm_window, wave.gap
+        z, tfeat, new_mean, new_var, new_step, st.dt_mean[:] = normalise.observe(
+            wave.mean, wave.var, wave.step, st.dt_mean, wave.count, wave.values, wave.prev, wave.dt, cfg.norm_window,
+            wave.gap,
         )
-        # While an alert is open the reference statistics hold still, so a sustained fault keeps looking like
-        # one; after `norm_window` readings of alert they move again, so a permanent change becomes normal.
-        alert_age = (ts - st.alert_start) / np.maximum(st.dt_mean, 1e-9)
-        frozen = ((st.active > 0) & (alert_age < cfg.norm_window))[:, None]
+        frozen = self._holding(st, slice(None), ts)[:, None]
         st.norm_mean[:] = np.where(frozen, wave.mean, new_mean)
         st.norm_var[:] = np.where(frozen, wave.var, new_var)
+        st.norm_step[:] = np.where(frozen, wave.step, new_step)
         features = np.empty((len(ts), self.channels, 2), dtype=np.float32)
         features[:, :, 0] = z
         features[:, :, 1] = tfeat[:, None]
@@ -379,6 +384,15 @@ class Engine:
         self.stats.network_seconds += time.perf_counter() - started
         st.hidden[:] = hidden.numpy()
         return estimate.numpy(), logvar.numpy()
+
+    def _holding(self, st: Rows, at: np.ndarray | slice, ts: np.ndarray) -> np.ndarray:
+        """Which of the sensors (rows `at` of `st`, readings at `ts`) hold their reference statistics still.
+
+        While an alert is open the references hold still, so a sustained fault keeps looking like one; after
+        `norm_window` readings of alert they move again, so a permanent change becomes normal.
+        """
+        alert_age = (ts - st.alert_start[at]) / np.maximum(st.dt_mean[at], 1e-9)
+        return (st.active[at] > 0) & (alert_age < self.config.norm_window)
 
     def _release(self, wave: Wave) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Append this reading to each sensor's pending line and take the oldest off: (ts, values, mean, std)."""
@@ -405,6 +419,17 @@ class Engine:
         )
         st.last_value[at] = x
         z_level = np.clip((x - targets.mean) / targets.std, -normalise.Z_CLIP, normalise.Z_CLIP)
+        usual = targets.mean  # what the level views compare each channel with
+        if cfg.season_bins:
+            z_level, taken, st.season[at], fit, closed = seasons.update(
+                st.season[at], st.season_fit[at], z_level, targets.ts, count, st.dt_mean[at],
+                (count > 0) & ~self._holding(st, at, targets.ts), cfg.season_bins,
+            )
+            st.season_fit[at] = fit
+            usual = targets.mean + targets.std * taken
+            st.level_spread[at] = seasons.bound_spread(st.level_spread[at], fit, closed)
+            if self.fast_level:
+                st.level_fast_spread[at] = seasons.bound_spread(st.level_fast_spread[at], fit, closed)
         st.level[at], st.level_spread[at], level_score, level_channel, level_worst = levels.update(
             st.level[at], st.level_spread[at], z_level, count, cfg.level_window, cfg.long_window
         )
@@ -434,11 +459,18 @@ class Engine:
                 err[which], st.err_short[judged_at], err_mean_before, err_var_before, st.scored[judged_at],
                 cfg.short_window, cfg.long_window,
             )
+            if cfg.variance_window:
+                slow, st.err_slow[judged_at], st.err_slow_mean[judged_at], st.err_slow_var[judged_at] = (
+                    calibration.score(err[which], st.err_slow[judged_at], st.err_slow_mean[judged_at],
+                                      st.err_slow_var[judged_at], st.scored[judged_at], cfg.variance_window,
+                                      cfg.long_window))
+            else:
+                slow = np.zeros(len(s))
             st.scored[judged_at] += 1
-            # The reading's score is the largest of four views: forecast error, shifted level, unusual level
-            # vector (correlation), stuck value.
+            # The reading's score is the largest of five views: forecast error, shifted level, unusual level
+            # vector (correlation), stuck value, and forecast errors larger than usual for a while (variance).
             s, cause = _largest(s, ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
-                                    (Cause.STUCK, stuck_score[which])))
+                                    (Cause.STUCK, stuck_score[which]), (Cause.VARIANCE, slow)))
             surprise[which] = s
             score[which] = p = scoring_surprise.to_score(s)
             anomalous[which] = thresholds.is_anomalous(p, count[which] + 1, cfg.warmup, cfg.threshold)
@@ -446,9 +478,11 @@ class Engine:
             if anomalous.any() or st.flags[judged_at].any() or st.active[judged_at].any():
                 # The channel of whichever view made the score is the reason.
                 off = np.nan_to_num(np.abs(z_res[which]), nan=0.0)
+                largest_error = off.argmax(axis=1)
                 channel = causes.choose(cause, {
-                    Cause.FORECAST: off.argmax(axis=1), Cause.CORRELATION: joint_channel[which],
+                    Cause.FORECAST: largest_error, Cause.CORRELATION: joint_channel[which],
                     Cause.LEVEL: level_channel[which], Cause.STUCK: stuck_channel[which],
+                    Cause.VARIANCE: largest_error,
                 })
                 pick = np.arange(len(channel))
                 by_level = (cause == Cause.LEVEL.code) | (cause == Cause.CORRELATION.code)
@@ -457,7 +491,7 @@ class Engine:
                 # looking at C channels guards against raising on chance, not against clearing too soon.
                 self._advance_alerts(result, st, judged, Verdict(
                     p, s, anomalous[which], cause, channel,
-                    expected=np.where(by_level, judged.mean[pick, channel], judged.expected[pick, channel]),
+                    expected=np.where(by_level, usual[which][pick, channel], judged.expected[pick, channel]),
                     seen=judged.values[pick, channel], err_mean=err_mean_before, err_var=err_var_before,
                     held=level_worst[which] >= self._clear_level if cfg.clear_level < 1.0 else None,
                 ))

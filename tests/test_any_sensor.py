@@ -12,9 +12,9 @@ from detector.scoring import surprise
 T0 = 1_700_000_000.0
 
 
-def _raises(values: np.ndarray) -> list:
-    det = Detector(config=DetectorConfig(), channels=values.shape[1])
-    result = det.score_arrays(["s"] * len(values), T0 + 60.0 * np.arange(len(values)), values)
+def _raises(values: np.ndarray, dt: float = 60.0, **settings: object) -> list:
+    det = Detector(config=DetectorConfig(**settings), channels=values.shape[1])
+    result = det.score_arrays(["s"] * len(values), T0 + dt * np.arange(len(values)), values)
     return [e for e in result.events if e.kind is AlertKind.RAISE], result
 
 
@@ -64,3 +64,42 @@ def test_surprise_is_monotone_in_the_tail_probability_and_matches_the_score():
     t2 = np.linspace(0.0, 4000.0, 2001)
     assert np.all(np.diff(surprise.chi2_upper(t2, 3)) > 0)
     assert np.all(np.diff(surprise.any_of(s, 8)) > 0)
+
+
+def _daily(days: int, seed: int) -> np.ndarray:
+    """A 5-minute server metric with a daily cycle (and its second harmonic) and some noise."""
+    rng = np.random.default_rng(seed)
+    phase = 2 * np.pi * np.arange(288 * days) / 288
+    return 50 + 10 * np.sin(phase) + 3 * np.sin(2 * phase) + rng.normal(0, 1, phase.size)
+
+
+def test_a_clean_daily_cycle_opens_no_alert_and_a_broken_one_is_caught():
+    for seed in (0, 1):
+        clean = _daily(10, seed)
+        assert len(_raises(clean[:, None], dt=300.0)[0]) <= 1
+        broken = clean.copy()
+        broken[8 * 288:9 * 288] = 50 + np.random.default_rng(seed + 10).normal(0, 1, 288)  # a day without the cycle
+        raised = _raises(broken[:, None], dt=300.0)[0]
+        days = [(e.ts - T0) / 86400 for e in raised]
+        assert any(8.0 <= d < 9.0 for d in days), days
+        assert all(d >= 8.0 for d in days), days
+
+
+def test_a_broken_daily_cycle_is_missed_without_the_profile():
+    """The profile is what catches it: the same day goes unnoticed with `season_bins = 0`."""
+    broken = _daily(10, 0)
+    broken[8 * 288:9 * 288] = 50 + np.random.default_rng(10).normal(0, 1, 288)
+    assert _raises(broken[:, None], dt=300.0, season_bins=0)[0] == []
+
+
+def test_a_channel_that_idles_with_rare_blips_learns_them():
+    """A channel that sits on one value and now and then blips to another (a flag, a mode, a rare count) makes
+    that move every time: after the first one, which is news, its blips raise nothing."""
+    rng = np.random.default_rng(4)
+    idle = np.full(6000, 0.5)
+    blips = rng.choice(np.arange(100, 6000), 30, replace=False)
+    idle[blips] = 1.0
+    idle[blips[:10] + 1] = 1.0
+    values = np.column_stack([idle, 10 + rng.normal(0, 1, 6000)])
+    raised = [e for e in _raises(values)[0] if e.channel == 0]
+    assert [e for e in raised if e.ts > T0 + 60.0 * (np.sort(blips)[0] + 10)] == []

@@ -127,17 +127,20 @@ def prepare(ts: np.ndarray, values: np.ndarray, norm_window: float) -> tuple[np.
     ts = np.broadcast_to(ts.reshape(steps, -1), (steps, n))
     mean = np.zeros((n, channels))
     var = np.zeros((n, channels), dtype=np.float32)
+    step = np.zeros((n, channels), dtype=np.float32)
     dt_mean = np.zeros(n, dtype=np.float32)
     feats = np.zeros((steps, n, channels, 2), dtype=np.float32)
     targets = np.zeros((steps, n, channels), dtype=np.float32)
     for t in range(steps):
         count = np.full(n, t, dtype=np.int32)
         dt = ts[t] - ts[t - 1] if t else np.zeros(n)
-        z, tfeat, mean, var, dt_mean = normalise.observe(mean, var, dt_mean, count, values[t], dt, norm_window)
+        prev = values[t - 1] if t else values[t]
+        z, tfeat, mean, var, step, dt_mean = normalise.observe(
+            mean, var, step, dt_mean, count, values[t], prev, dt, norm_window)
         feats[t, :, :, 0] = z
         feats[t, :, :, 1] = tfeat[:, None]
         if t + 1 < steps:
-            std = normalise.scale(mean, var)
+            std = normalise.scale(mean, var, step)
             targets[t] = np.clip((values[t + 1] - mean) / std, -normalise.Z_CLIP, normalise.Z_CLIP)
     lanes_x = feats[:-1].transpose(1, 2, 0, 3).reshape(n * channels, steps - 1, 2)
     lanes_y = targets[:-1].transpose(1, 2, 0).reshape(n * channels, steps - 1)

@@ -33,10 +33,12 @@ from detector.readings.coerce import valid_sensor_id
 # name -> (block, width); width "S" = the network's state size, "C" = one per channel, 1 = one per sensor,
 # "K" = one per reading of look-ahead, "KC" = one per channel and reading of look-ahead; "CX" = one per channel
 # and "CC" = one per pair of channels, both only where the correlation view is on (`correlation`), else none;
-# "CF" = one per channel only where the level view has a fast scale too (`fast_level`), else none.
+# "CF" = one per channel only where the level view has a fast scale too (`fast_level`), else none;
+# "CB" = `season_bins` per channel and "C3" = three per channel, both only where daily profiles are on, else none.
 _FIELDS: dict[str, tuple[str, int | str]] = {
     "hidden": ("f32", "S"),
     "norm_var": ("f32", "C"),
+    "norm_step": ("f32", "C"),  # usual size of a channel's non-zero changes: a floor of its scale
     "forecast": ("f32", "C"),  # next reading as forecast, in units of the current normalisation
     "forecast_logvar": ("f32", "C"),  # and its log-variance
     "run_mean": ("f32", "C"),  # usual length of runs of identical readings
@@ -45,12 +47,17 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "level_spread": ("f32", "C"),  # usual spread (variance) of that level
     "level_fast": ("f32", "CF"),  # the same at the fast scale (`level_fast_window`; no columns when it is off)
     "level_fast_spread": ("f32", "CF"),
+    "season": ("f32", "CB"),  # time-of-day profile of each channel, `season_bins` per channel (`seasons`)
+    "season_fit": ("f32", "C3"),  # mean square of each channel before and after its profile; profile in use
     "joint_level": ("f32", "CX"),  # recent level of each channel for the correlation view, normalised
     "joint_cov": ("f32", "CC"),  # usual covariance of that level vector, C × C row-major
     "dt_mean": ("f32", 1),
     "err_short": ("f32", 1),  # short-window smoothed error
     "err_mean": ("f32", 1),  # long-window distribution of log(err_short)
     "err_var": ("f32", 1),
+    "err_slow": ("f32", 1),  # the same at the variance view's slower smoothing (`variance_window`)
+    "err_slow_mean": ("f32", 1),
+    "err_slow_var": ("f32", 1),
     "peak": ("f32", 1),  # highest score of the open episode
     "cause_surprise": ("f32", 1),  # the most surprising reading of the current anomaly run: its surprise ...
     "norm_mean": ("f64", "C"),  # float64: a 1e6 offset must not swamp 1e-3 changes
@@ -125,19 +132,21 @@ class StatePool:
         correlation: bool = False,
         hidden_dtype: str = "float32",
         fast_level: bool = False,
+        season_bins: int = 0,
     ) -> None:
         self.state_size = state_size
         self.channels = channels
         self.lookahead = lookahead
         self.correlation = correlation
         self.fast_level = fast_level
+        self.season_bins = season_bins
         self.capacity = capacity
         self.stats = PoolStats()
         if hidden_dtype not in ("float32", "float16"):
             raise ValueError(f"hidden_dtype must be float32 or float16, not {hidden_dtype!r}")
         self.hidden_dtype = hidden_dtype
         self._layout, widths = _layout(state_size, channels, lookahead, correlation, hidden_dtype == "float16",
-                                       fast_level)
+                                       fast_level, season_bins)
         self._widths = {b: w for b, w in widths.items() if w}  # no empty blocks: each costs a gather per wave
         self._blocks: dict[str, np.ndarray] = {}
         self._key_of = np.zeros(0, dtype=np.int64)  # id hash held by each slot; 0 = free
@@ -309,12 +318,12 @@ class StatePool:
 
 def _layout(
     state_size: int, channels: int, lookahead: int = 0, correlation: bool = False, half_hidden: bool = False,
-    fast_level: bool = False,
+    fast_level: bool = False, season_bins: int = 0,
 ) -> tuple[dict[str, tuple[str, slice | int]], dict[str, int]]:
     """Column of each field in its block, and each block's width (`half_hidden`: the network state in float16)."""
     cross = channels if correlation else 0
     sizes = {"S": state_size, "C": channels, "K": lookahead, "KC": lookahead * channels, "CX": cross, "CC": cross * cross,
-             "CF": channels if fast_level else 0}
+             "CF": channels if fast_level else 0, "CB": channels * season_bins, "C3": 3 * channels if season_bins else 0}
     layout: dict[str, tuple[str, slice | int]] = {}
     widths = {b: 0 for b in _DTYPES}
     for name, (block, width) in _FIELDS.items():
