@@ -94,7 +94,7 @@ class ScoringService:
         self.outputs = OutputBuilder(config, self.model.model_id, self.decoder, self.stats)
         self.delivery = Delivery(config, self.stats, self.monitor.heartbeat)
         self.ownership = Ownership(self.stats, track_changes=config.checkpoints_enabled)
-        self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry)
+        self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry, self.decoder.names)
         self.checkpoint_stats = self.checkpoints.stats
         self.checkpoint_metrics = self.checkpoints.metrics
 
@@ -309,16 +309,20 @@ class ScoringService:
         if self.engine is None:
             self.engine = self._new_engine(self.decoder.channels)
             self.checkpoints.engine_ready(self.engine)
-            log.info("engine ready: %d channel(s)%s", self.decoder.channels,
-                     f" {self.decoder.channel_names}" if self.decoder.channel_names else "")
+            configured = self.decoder.names.configured
+            log.info("engine ready: %d channel(s)%s", self.decoder.channels, f" {configured}" if configured else "")
         ids = [decoded.sensor_ids[i] for i in rows.tolist()]
         # the network step is CPU work: keep the event loop (heartbeats, fetches) responsive
-        return await asyncio.to_thread(
+        result = await asyncio.to_thread(
             self.engine.step, ids, decoded.ts[rows], decoded.values[rows], decoded.status[rows]
         )
+        self.decoder.names.bind(decoded.bindings)  # the sensors that took channel names now have state to keep them
+        return result
 
     def _new_engine(self, channels: int) -> Engine:
-        return Engine.for_model(self.model, self.config.detector, channels)
+        engine = Engine.for_model(self.model, self.config.detector, channels)
+        self.decoder.names.pool = engine.pool  # each sensor's channel names live with its state
+        return engine
 
     def _outputs(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
         """The batch's dead letters, score records and alert events; notes where the scored sensors were read."""
