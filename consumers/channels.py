@@ -84,12 +84,19 @@ class ChannelNames:
         return out
 
     def bind(self, bindings: dict[str, int]) -> None:
-        """Give these sensors their set ids (those the pool holds: a sensor whose readings all failed has no state)."""
+        """Give these sensors their set ids where they have none yet (a sensor's first names stay its own), if the
+        pool holds them: one whose readings all failed has no state to keep them in."""
+        self._write(bindings, only_unbound=True)
+
+    def _write(self, bindings: dict[str, int], only_unbound: bool) -> None:
         if self.pool is None or not bindings:
             return
         slots = self.pool.lookup(list(bindings))
-        held = slots >= 0
-        self.pool.channel_set[slots[held]] = np.fromiter(bindings.values(), dtype=np.int32, count=len(bindings))[held]
+        ids = np.fromiter(bindings.values(), dtype=np.int32, count=len(bindings))
+        keep = slots >= 0
+        if only_unbound:
+            keep[keep] = self.pool.channel_set[slots[keep]] == 0
+        self.pool.channel_set[slots[keep]] = ids[keep]
 
     # --- the changelog --------------------------------------------------------------------
     def header_of(self, set_id: int) -> list[tuple[str, bytes]]:
@@ -114,7 +121,7 @@ class ChannelNames:
                 set_id = (self.id_of(names) if names is not None else None) or 0
                 lost += not set_id
             set_ids.append(set_id)
-        self.bind(dict(zip(sensor_ids, set_ids)))
+        self._write(dict(zip(sensor_ids, set_ids)), only_unbound=False)
         return lost
 
 

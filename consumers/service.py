@@ -275,7 +275,7 @@ class ScoringService:
             if not messages:
                 return
             metrics.batch_messages.observe(len(messages))
-            decoded = self.decoder.decode([(m.key, m.value) for m in messages])
+            decoded = self._decode(messages)
             self.stats.messages += len(messages)
             self.stats.consumed += len(decoded)
             stepped = time.perf_counter()
@@ -302,15 +302,24 @@ class ScoringService:
             crash_point("committed")
             self.stats.batches += 1
 
-    async def _score(self, decoded: Decoded) -> StepResult | None:
-        rows = decoded.engine_rows
-        if rows.size == 0 or self.decoder.channels is None:
-            return None
-        if self.engine is None:
+    def _decode(self, messages: list) -> Decoded:
+        """The batch as rows. The first batch that tells the channel count starts the engine, which takes the states
+        restored before it; if they brought channel names, the batch is decoded again, by its sensors' names."""
+        pairs = [(m.key, m.value) for m in messages]
+        decoded = self.decoder.decode(pairs)
+        if self.engine is None and self.decoder.channels is not None:
             self.engine = self._new_engine(self.decoder.channels)
             self.checkpoints.engine_ready(self.engine)
             configured = self.decoder.names.configured
             log.info("engine ready: %d channel(s)%s", self.decoder.channels, f" {configured}" if configured else "")
+            if self.decoder.names.any_bound:
+                decoded = self.decoder.decode(pairs)
+        return decoded
+
+    async def _score(self, decoded: Decoded) -> StepResult | None:
+        rows = decoded.engine_rows
+        if rows.size == 0 or self.engine is None:
+            return None
         ids = [decoded.sensor_ids[i] for i in rows.tolist()]
         # the network step is CPU work: keep the event loop (heartbeats, fetches) responsive
         result = await asyncio.to_thread(

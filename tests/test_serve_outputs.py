@@ -121,7 +121,7 @@ def feed(service: ScoringService, docs: list[dict], first_offset: int = 0) -> li
                                       len(value), []))
 
     async def go() -> list:
-        decoded = service.decoder.decode([(m.key, m.value) for m in records])
+        decoded = service._decode(records)
         return service._outputs(records, decoded, await service._score(decoded))
 
     return asyncio.run(go())
@@ -205,3 +205,21 @@ def test_channel_names_survive_a_checkpoint(model):
     assert _values_by_sensor(outputs) == {"A": [[1.1]], "B": [{"temp": 2.0}], "E": [{"flow": 2.0}]}
     (dead,) = [o for o in outputs if o.topic == "dlq"]
     assert dead.key == b"B" and dict(dead.headers)["reason"] == b"wrong_channels"
+
+
+def test_names_restored_before_the_engine_exists_read_the_first_batch(model):
+    """Channel count unknown at the restore: the states wait for the first reading, and that batch is read by the
+    restored sensors' names (B's other names are wrong_channels, not B's new names)."""
+    first = _service(model, checkpoints_enabled=True)
+    first.checkpoints.partitions = 1
+    feed(first, [{"sensor_id": "B", "ts": T0, "values": {"temp": 1.0}}])
+    (record,), _, _ = asyncio.run(first.checkpoints.records(first.engine, {TopicPartition("in", 0)}, {}))
+
+    second = _service(model, checkpoints_enabled=True, detector=DetectorConfig())
+    assert second.engine is None
+    second.checkpoints.import_states(None, ["B"], [(record.value, dict(record.headers)["channel_names"])])
+    outputs = feed(second, [{"sensor_id": "B", "ts": T0 + 10, "values": {"flow": 2.0}},
+                            {"sensor_id": "B", "ts": T0 + 20, "value": 3.0}])
+    assert second.checkpoints.stats.restored == 1
+    assert _values_by_sensor(outputs) == {"B": [{"temp": 3.0}]}
+    assert [dict(o.headers)["reason"] for o in outputs if o.topic == "dlq"] == [b"wrong_channels"]
