@@ -313,7 +313,8 @@ class Checkpointer:
                 by_partition.setdefault(tp.partition, tp)
             ids = list(restored.states)
             self.ownership.claim(ids, [by_partition[restored.states[s][0]] for s in ids])
-            report = self.import_states(engine, ids, [restored.states[s][1:] for s in ids])
+            report = self.import_states(engine, ids, [(record, names) for _p, record, names in
+                                                      (restored.states[s] for s in ids)])
             seeks = []
             for tp in tps:
                 marker = restored.markers.get(tp)

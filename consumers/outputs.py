@@ -23,7 +23,7 @@ import orjson
 
 from consumers.channels import ChannelNames
 from consumers.config import ServiceConfig
-from consumers.decode import DeadLetterReason, Decoded, Decoder
+from consumers.decode import DeadLetterReason, Decoded
 from consumers.metrics import ServiceStats
 from detector.engine import StepResult
 from detector.readings.reasons import SCORED, RejectReason
@@ -57,10 +57,10 @@ def source_headers(msg, index: int = -1) -> list[tuple[str, bytes]]:
 class OutputBuilder:
     """Builds a batch's outputs and counts them in `stats` (dead letters by reason, scores, alerts)."""
 
-    def __init__(self, config: ServiceConfig, model_id: str, decoder: Decoder, stats: ServiceStats) -> None:
+    def __init__(self, config: ServiceConfig, model_id: str, names: ChannelNames, stats: ServiceStats) -> None:
         self.config = config
         self.model_id = model_id
-        self.names = decoder.names  # each sensor's channel names (or the configured ones) name its scores and alerts
+        self.names = names  # each sensor's channel names (or the configured ones) name its scores and alerts
         self.stats = stats
 
     def build(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:

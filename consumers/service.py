@@ -91,7 +91,7 @@ class ScoringService:
         self.monitor = HealthMonitor(config)
         self._http: HttpEndpoints | None = None
         # a batch's way out: outputs, their delivery, the partition of each sensor, the changelog (docs/state.md)
-        self.outputs = OutputBuilder(config, self.model.model_id, self.decoder, self.stats)
+        self.outputs = OutputBuilder(config, self.model.model_id, self.decoder.names, self.stats)
         self.delivery = Delivery(config, self.stats, self.monitor.heartbeat)
         self.ownership = Ownership(self.stats, track_changes=config.checkpoints_enabled)
         self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry, self.decoder.names)

@@ -22,8 +22,9 @@ def model():
     return load_model("gru-default") if "gru-default" in shipped_model_names() else untrained(8, 1)
 
 
-def columnar_messages(per_message: int = 12, steps: int = 96) -> list[ConsumerRecord]:
-    """Three sensors' sines as columnar batches; s01 jumps by 40 at steps 60-65 (an alert)."""
+def columnar_messages(per_message: int = 12, steps: int = 96, named: str | None = None) -> list[ConsumerRecord]:
+    """Three sensors' sines as columnar batches; s01 jumps by 40 at steps 60-65 (an alert). `named`: s01's values
+    are an object with this one channel name."""
     rng = np.random.default_rng(2)
     records = []
     for first in range(0, steps, per_message):
@@ -33,7 +34,10 @@ def columnar_messages(per_message: int = 12, steps: int = 96) -> list[ConsumerRe
             v = 10 + 2 * np.sin(t / 8.0 + s) + 0.1 * rng.standard_normal(t.size)
             if sid == "s01":
                 v[(t >= 60) & (t < 66)] += 40.0
-            value = orjson.dumps({"sensor_id": sid, "ts": (T0 + 10.0 * t).tolist(), "value": v.tolist()})
+            doc = {"sensor_id": sid, "ts": (T0 + 10.0 * t).tolist(), "value": v.tolist()}
+            if named and sid == "s01":
+                doc["values"] = {named: doc.pop("value")}
+            value = orjson.dumps(doc)
             records.append(ConsumerRecord("in", s, len(records), 0, 0, sid.encode(), value, None, 3, len(value), []))
     return records
 
@@ -223,3 +227,13 @@ def test_names_restored_before_the_engine_exists_read_the_first_batch(model):
     assert second.checkpoints.stats.restored == 1
     assert _values_by_sensor(outputs) == {"B": [{"temp": 3.0}]}
     assert [dict(o.headers)["reason"] for o in outputs if o.topic == "dlq"] == [b"wrong_channels"]
+
+
+def test_alerts_name_the_channel_by_their_sensors_names(model):
+    """s01's one channel is "level": its alerts say so, and the other sensors' records stay lists."""
+    outputs = run(model, "per_reading", columnar_messages(named="level"))
+    alerts = [orjson.loads(o.value) for o in outputs if o.topic == "alerts"]
+    assert alerts and all(a["sensor_id"] == "s01" and a["channel"] == "level" for a in alerts)
+    values = _values_by_sensor(outputs)
+    assert all(isinstance(v, list) for s in ("s00", "s02") for v in values[s])
+    assert all(list(v) == ["level"] for v in values["s01"])
