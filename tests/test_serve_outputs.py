@@ -52,7 +52,7 @@ def run(model, score_records: str, records: list[ConsumerRecord], batch: int = 5
     async def go() -> None:
         for b in range(0, len(records), batch):
             messages = records[b:b + batch]
-            decoded = service.decoder.decode([(m.key, m.value) for m in messages])
+            decoded = service._decode(messages)
             outputs.extend(service._outputs(messages, decoded, await service._score(decoded)))
 
     asyncio.run(go())
@@ -98,7 +98,7 @@ def test_per_message_records_of_named_channels(model):
     service = ScoringService(cfg, model)
 
     async def go() -> list:
-        decoded = service.decoder.decode([(m.key, m.value) for m in records])
+        decoded = service._decode(records)
         return service._outputs(records, decoded, await service._score(decoded))
 
     (doc,) = [orjson.loads(o.value) for o in asyncio.run(go()) if o.topic == "scores"]
