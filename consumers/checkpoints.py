@@ -5,7 +5,8 @@ read from input partition p. At each commit the service writes the records
 (`Engine.export_state`, format in detector/state_codec.py) of the sensors that batch
 changed, plus one *position marker* per input partition of the batch (key
 `\\x00offset\\x00<topic>`, value the next input offset, header `kind=offset`): the state in
-changelog partition p is the state after consuming input partition p up to that offset.
+changelog partition p is the state after consuming input partition p up to that offset. A sensor
+with channel names (consumers/channels.py) has them in its record's `channel_names` header.
 The records and markers are acknowledged before the consumer offsets are committed.
 
 On assignment the new owner reads the matching changelog partitions from the beginning to
@@ -35,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from consumers.channels import NAMES_HEADER, ChannelNames
 from consumers.config import ServiceConfig
 from consumers.crash import crash_point
 from consumers.logs import error_text, partitions_text
@@ -179,7 +181,8 @@ async def _warn_unless_compacted(admin: AIOKafkaAdminClient, topic: str) -> None
 
 @dataclass
 class Restored:
-    states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # sensor -> (partition, record)
+    # sensor -> (partition, record, its channel_names header or None)
+    states: dict[str, tuple[int, bytes, bytes | None]] = field(default_factory=dict)
     markers: dict[TopicPartition, int] = field(default_factory=dict)  # input tp -> next offset
     records_read: int = 0
 
@@ -226,7 +229,8 @@ async def read_changelog(config: ServiceConfig, partitions: Iterable[int], timeo
                     if r.value is None:
                         out.states.pop(sensor, None)
                     else:
-                        out.states[sensor] = (tp.partition, r.value)
+                        names = next((v for k, v in r.headers or () if k == NAMES_HEADER), None)
+                        out.states[sensor] = (tp.partition, r.value, names)
             for tp, end in todo.items():
                 if tp not in done and await consumer.position(tp) >= end:
                     done.add(tp)
@@ -238,14 +242,17 @@ async def read_changelog(config: ServiceConfig, partitions: Iterable[int], timeo
 class Checkpointer:
     """The changelog of one service: the records of each batch's changed sensors, and the restore on assignment."""
 
-    def __init__(self, config: ServiceConfig, ownership: Ownership, registry: CollectorRegistry) -> None:
+    def __init__(self, config: ServiceConfig, ownership: Ownership, registry: CollectorRegistry,
+                 names: ChannelNames) -> None:
         self.config = config
         self.ownership = ownership  # the sensors changed since the last checkpoint; owners of restored sensors
+        self.names = names  # each sensor's channel names: a header of its record
         self.stats = CheckpointStats()
         self.metrics = CheckpointMetrics(registry, self.stats)
         self.partitions = 0  # of the changelog topic: input partitions from here on are not checkpointed
         self.restoring = False
-        self._pending: dict[str, bytes] = {}  # restored before the engine existed (channels unknown)
+        self._pending: dict[str, tuple[bytes, bytes | None]] = {}  # restored before the engine existed (channels
+        # unknown): record and channel_names header by sensor
 
     async def open(self) -> None:
         """Make the changelog topic if it is missing, learn its partition count."""
@@ -278,10 +285,12 @@ class Checkpointer:
         outputs: list[Output] = []
         if sensors and engine is not None:
             records = await asyncio.to_thread(engine.export_state, sensors)
-            for sensor, record in zip(sensors, records):
+            sets = self.names.bound(sensors).tolist()
+            for sensor, record, set_id in zip(sensors, records, sets):
                 if record is None:  # evicted meanwhile: nothing to keep (its old record restores an older state)
                     continue
-                outputs.append(Output(topic, sensor.encode(), record, [], touched[sensor].partition))
+                outputs.append(Output(topic, sensor.encode(), record, self.names.header_of(set_id),
+                                      touched[sensor].partition))
         n_records = len(outputs)
         n_bytes = sum(len(o.value or b"") for o in outputs)
         for tp, offset in offsets.items():
@@ -322,9 +331,9 @@ class Checkpointer:
             for tp in sorted(tps, key=lambda t: (t.topic, t.partition)):
                 by_partition.setdefault(tp.partition, tp)
             ids = list(restored.states)
-            records = [restored.states[s][1] for s in ids]
             self.ownership.claim(ids, [by_partition[restored.states[s][0]] for s in ids])
-            report = self.import_states(engine, ids, records)
+            report = self.import_states(engine, ids, [(record, names) for _p, record, names in
+                                                      (restored.states[s] for s in ids)])
             seeks = []
             for tp in tps:
                 marker = restored.markers.get(tp)
@@ -352,9 +361,11 @@ class Checkpointer:
             pending, self._pending = self._pending, {}
             self.import_states(engine, list(pending), list(pending.values()))
 
-    def import_states(self, engine: Engine | None, ids: list[str], records: list[bytes]) -> tuple[int, int, int]:
+    def import_states(self, engine: Engine | None, ids: list[str],
+                      records: list[tuple[bytes, bytes | None]]) -> tuple[int, int, int]:
         """Import states into the engine (or keep them until it exists); returns (restored, model_changed, refused).
 
+        records: each sensor's state record and the `channel_names` header it came with (None: no names).
         Without an engine yet (channel count learnt from the first reading) the states wait
         (the restore's log line counts them as restored); `engine_ready` imports them, and the
         warnings below then say what was refused or restarted.
@@ -364,7 +375,11 @@ class Checkpointer:
         if engine is None:
             self._pending.update(zip(ids, records))
             return len(ids), 0, 0
-        report = engine.import_state(ids, records)
+        report = engine.import_state(ids, [record for record, _names in records])
+        lost = self.names.restore(ids, [names for _record, names in records])
+        if lost:
+            log.warning("%d restored sensor(s) lost their channel names (unreadable channel_names header, or more "
+                        "than %d name sets): they take names again from their next object", lost, self.names.max_sets)
         stats = self.stats
         stats.restored += report.restored
         stats.model_changed += report.model_changed

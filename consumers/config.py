@@ -104,7 +104,8 @@ class ServiceConfig(Settings):
     )
     channel_names: list[str] | None = Field(
         None, min_length=1,
-        description="Channel order for readings whose `values` is an object; None = sorted keys of the first one.",
+        description="The channel names and order of every sensor (readings whose `values` is an object); None = "
+                    "each sensor's own, the sorted keys of its first object.",
     )
 
     # --- metrics, health and readiness (see docs/metrics.md, docs/operations.md) -------

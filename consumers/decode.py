@@ -25,8 +25,10 @@ an array, `values` an array of rows or an object of arrays by channel name):
   (naive = UTC), exactly as the Python API and files read it;
 - `value` (one channel) or `values`: a list in channel order, or an object by
   channel name; `"value": null` is `not_numeric` (there, but not a number), a reading
-  without either field `missing_field`. The names are fixed by `channel_names`, else by the sorted keys
-  of the first object seen; an object with another key set is `wrong_channels`.
+  without either field `missing_field`. Channel names belong to a sensor (consumers/channels.py): a
+  configured `channel_names` names every sensor's channels; without it a sensor takes the sorted keys of
+  its own first object, and its later objects with another key set are `wrong_channels` (its own, never
+  another sensor's). The channel count is the model's, or learnt from the first decodable reading.
 
 Decoding never raises: every reading gets a row, either for the engine or with a
 `DeadLetterReason` and a human-readable detail. A message that cannot be read at all
@@ -39,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from enum import StrEnum
@@ -48,6 +50,7 @@ from numbers import Real
 import numpy as np
 import orjson
 
+from consumers.channels import ChannelNames, valid_channel_name
 from detector.readings.coerce import MAX_ABS_VALUE, coerce_sensor_id, coerce_values
 from detector.readings.reasons import SCORED, RejectReason
 from detector.readings.timestamps import ahead_of_clock, epoch_numbers, to_seconds
@@ -81,6 +84,9 @@ class Decoded:
     items: the reading's parsed JSON for batched rows (a dead letter carries that reading, not the batch);
         None for the rows of a columnar batch, whose reading is rebuilt from `columns` when needed.
     columns: the parsed JSON of each columnar batch decoded in one go, by message index.
+    channel_set: the id (`ChannelNames`) of the name set the row's sensor goes by after this reading; 0 = none.
+    bindings: the sensors that took a name set in this batch, and its id; `ChannelNames.bind` keeps them once
+        the engine holds the sensors.
     """
 
     sensor_ids: list[str]
@@ -92,7 +98,9 @@ class Decoded:
     message: np.ndarray
     index: np.ndarray
     items: list[object]
+    channel_set: np.ndarray
     columns: dict[int, dict] = field(default_factory=dict)
+    bindings: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
@@ -115,7 +123,8 @@ class Decoded:
 
 
 class Decoder:
-    """Decodes batches; remembers the channel count and names once known (from config or first sight)."""
+    """Decodes batches; remembers the channel count once known (from config or first sight), and in `names`
+    the channel names of each sensor (configured for all, or each sensor's own)."""
 
     def __init__(
         self,
@@ -134,7 +143,8 @@ class Decoder:
                 raise ValueError(f"{len(channel_names)} channel names for {channels} channels")
             channels = len(channel_names)
         self.channels = channels
-        self.channel_names: list[str] | None = channel_names
+        self.names = ChannelNames(channel_names)
+        self._sets: dict[str, int] = {}  # during a decode: set ids of its sensors with objects (`_order`)
         self.max_message_bytes = max_message_bytes
         self.max_readings = max_readings
         # hostile-input limits (docs/security.md): checked before anything is parsed or learnt
@@ -197,7 +207,9 @@ class Decoder:
             message=np.empty(n, dtype=np.int64),
             index=np.empty(n, dtype=np.int64),
             items=[None] * n,
+            channel_set=np.full(n, -1, dtype=np.int32),  # -1: the sensor's binding from before this batch
         )
+        self._sets = {}  # from before this batch, or taken in it
         i = 0
         for piece in pieces:
             if isinstance(piece, _Block):
@@ -206,12 +218,19 @@ class Decoder:
                 out.ts[rows], out.values[rows] = piece.ts, piece.values
                 out.message[rows], out.index[rows] = piece.message, np.arange(piece.size)
                 out.columns[piece.message] = piece.doc
+                self._fill_block(out, rows, piece)
                 i += piece.size
                 continue
             out.message[i], out.index[i], out.items[i] = piece[0], piece[1], piece[2]
             self._fill(out, i, piece[3])
             i += 1
         self._check_future(out)
+        earlier = np.flatnonzero(out.channel_set < 0)
+        if self.names.any_bound:
+            out.channel_set[earlier] = self.names.bound([out.sensor_ids[k] for k in earlier.tolist()])
+        else:
+            out.channel_set[earlier] = 0
+        out.bindings = {s: set_id for s, set_id in self._sets.items() if set_id}
         return out
 
     def _check_future(self, out: Decoded) -> None:
@@ -227,10 +246,12 @@ class Decoder:
         """Row i of `out` from one parsed reading: (sensor id, ts, raw values), or why it is dead."""
         if isinstance(item[0], DeadLetterReason):
             out.dead[i] = (item[0], str(item[1]))
+            out.channel_set[i] = 0
             return
         sensor_id, ts, raw = item
         out.sensor_ids[i] = sensor_id
         if sensor_id == "":
+            out.channel_set[i] = 0
             out.status[i] = RejectReason.BAD_SENSOR_ID
             out.details[i] = "sensor id is not a printable string or integer of 1-256 characters"
             return
@@ -243,12 +264,23 @@ class Decoder:
             out.status[i] = RejectReason.NOT_NUMERIC
             out.details[i] = "values are not a number, a list of numbers or an object of numbers"
             return
-        row, reason, detail = self._row(raw)
+        row, reason, detail = self._row(raw, sensor_id)
         if reason is not None:
             out.status[i] = reason
             out.details[i] = detail
         else:
             out.values[i] = row
+        out.channel_set[i] = self._sets.get(sensor_id, -1)
+
+    def _fill_block(self, out: Decoded, rows: slice, block: _Block) -> None:
+        """The channel sets of a columnar batch's rows: all wrong_channels when its names are not its sensor's."""
+        if block.names is not None:
+            order, detail = self._order(block.sensor_id, block.names)
+            if order is None:
+                out.status[rows] = RejectReason.WRONG_CHANNELS
+                out.details[rows] = [detail] * block.size
+                out.values[rows] = np.nan
+        out.channel_set[rows] = self._sets.get(block.sensor_id, -1)
 
     # --- one message ----------------------------------------------------------------
     def _load(self, value: bytes | None) -> object | tuple[DeadLetterReason, str]:
@@ -344,11 +376,15 @@ class Decoder:
         names: list[str] | None = None
         if isinstance(raw, dict):
             names = sorted(raw)
-            if not (1 <= len(names) <= self.max_channels and all(map(_channel_name, names))):
+            if not (1 <= len(names) <= self.max_channels and all(map(valid_channel_name, names))):
                 return None
-            if self.channel_names is not None and names != sorted(self.channel_names):
+            configured = self.names.configured
+            if configured is not None and names != sorted(configured):
                 return None
-            columns = [raw[name] for name in (self.channel_names or names)]
+            if configured is not None:
+                columns, names = [raw[name] for name in configured], None  # nothing to check per sensor
+            else:
+                columns = [raw[name] for name in names]  # sorted, as the sensor's set: checked in `_fill_block`
         elif field_name == "value":
             columns = [raw]
         else:
@@ -387,9 +423,7 @@ class Decoder:
             self.channels = values.shape[1]
         elif values.shape[1] != self.channels:
             return None
-        if names is not None and self.channel_names is None:
-            self.channel_names = names
-        return _Block(message, sensor_id, ts, values, doc)
+        return _Block(message, sensor_id, ts, values, doc, names)
 
     def _reading(
         self, doc: object, envelope_id: object, key: bytes | None, where: str = ""
@@ -427,30 +461,24 @@ class Decoder:
 
     def _learn_channels(self, raw: object) -> None:
         if isinstance(raw, dict):
-            if 1 <= len(raw) <= self.max_channels and all(map(_channel_name, raw)):
-                self.channel_names = sorted(raw)
-                self.channels = len(self.channel_names)
+            if 1 <= len(raw) <= self.max_channels and all(map(valid_channel_name, raw)):
+                self.channels = len(raw)
         elif isinstance(raw, list):
             if 1 <= len(raw) <= self.max_channels:
                 self.channels = len(raw)
         elif isinstance(raw, Real) and not isinstance(raw, bool):
             self.channels = 1
 
-    def _row(self, raw: object) -> tuple[object, RejectReason | None, str | None]:
+    def _row(self, raw: object, sensor_id: str) -> tuple[object, RejectReason | None, str | None]:
         channels = self.channels
         assert channels is not None
         if channels == 1 and type(raw) in _PLAIN_NUMBERS and abs(raw) <= MAX_ABS_VALUE:
             return raw, None, None  # the common case, without numpy (NaN, inf and the rest take the full path)
         if isinstance(raw, dict):
-            if self.channel_names is None:
-                if len(raw) != channels or not all(map(_channel_name, raw)):
-                    return None, RejectReason.WRONG_CHANNELS, f"{len(raw)} values for {channels} channels"
-                self.channel_names = sorted(raw)
-            if len(raw) != len(self.channel_names) or any(name not in raw for name in self.channel_names):
-                return None, RejectReason.WRONG_CHANNELS, (
-                    f"keys {sorted(map(str, raw))[:8]} differ from the channels {self.channel_names[:8]}"
-                )
-            raw = [raw[name] for name in self.channel_names]
+            order, detail = self._order(sensor_id, raw)
+            if order is None:
+                return None, RejectReason.WRONG_CHANNELS, detail
+            raw = [raw[name] for name in order]
         row, reason = coerce_values(raw, channels)
         if reason is None:
             return row, None, None
@@ -459,6 +487,34 @@ class Decoder:
         if reason is RejectReason.NOT_NUMERIC:
             return None, reason, "value is null" if raw is None else f"values {_short(raw)} are not all numbers"
         return None, reason, f"values {_short(raw)} are not all finite"
+
+    def _order(self, sensor_id: str, keys: Collection[object]) -> tuple[Sequence[str] | None, str]:
+        """The channel order of an object's keys for this sensor, or why they are wrong_channels.
+
+        The configured `channel_names`, else the sensor's own name set; a sensor without one takes the sorted
+        keys here, when they are channel names, as many as the channels (the batch keeps it in `_sets`).
+        """
+        expected: Sequence[str] | None = self.names.configured
+        whose = "the configured channel_names"
+        if expected is None:
+            set_id = self._sets.get(sensor_id)
+            if set_id is None:
+                set_id = self._sets[sensor_id] = int(self.names.bound([sensor_id])[0])
+            if not set_id:
+                if len(keys) != self.channels:
+                    return None, f"{len(keys)} values for {self.channels} channels"
+                if not all(map(valid_channel_name, keys)):
+                    return None, f"keys {_short(list(keys)[:8])} are not all channel names (printable, 1-256 characters)"
+                set_id = self.names.id_of(keys)  # type: ignore[arg-type]  # all str: checked above
+                if set_id is None:
+                    return None, (f"keys {sorted(keys)[:8]} would be channel-name set {self.names.max_sets + 1}: "
+                                  f"more than this process takes (set channel_names)")
+                self._sets[sensor_id] = set_id
+            expected = self.names.sets[set_id]
+            whose = f"the channels sensor {_short(sensor_id)} was first seen with"
+        if len(keys) != len(expected) or any(name not in keys for name in expected):
+            return None, f"keys {sorted(map(str, keys))[:8]} differ from {whose}: {list(expected)[:8]}"
+        return expected, ""
 
 
 _PLAIN_NUMBERS = (float, int)  # exact types: bool is an int subclass, and not a number here
@@ -474,6 +530,8 @@ class _Block:
     ts: np.ndarray
     values: np.ndarray
     doc: dict
+    names: list[str] | None  # the sorted names of `values`' columns, for its sensor's set; None: positional or
+    # in the configured channel_names' order
 
     @property
     def size(self) -> int:
@@ -499,11 +557,6 @@ def _column_reading(doc: dict, j: int) -> dict:
     else:
         reading["value"] = doc["value"][j]
     return reading
-
-
-def _channel_name(name: object) -> bool:
-    """A channel name is held by the config of every output: a printable string of 1-256 characters, like an id."""
-    return isinstance(name, str) and coerce_sensor_id(name) == name
 
 
 def _lenient_json(value: bytes) -> object | None:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from consumers.channels import ChannelNames
 from consumers.config import ServiceConfig
-from consumers.decode import DeadLetterReason, Decoded, Decoder
+from consumers.decode import DeadLetterReason, Decoded
 from consumers.metrics import ServiceStats
 from detector.engine import StepResult
 from detector.readings.reasons import SCORED, RejectReason
@@ -56,10 +57,10 @@ def source_headers(msg, index: int = -1) -> list[tuple[str, bytes]]:
 class OutputBuilder:
     """Builds a batch's outputs and counts them in `stats` (dead letters by reason, scores, alerts)."""
 
-    def __init__(self, config: ServiceConfig, model_id: str, decoder: Decoder, stats: ServiceStats) -> None:
+    def __init__(self, config: ServiceConfig, model_id: str, names: ChannelNames, stats: ServiceStats) -> None:
         self.config = config
         self.model_id = model_id
-        self.decoder = decoder  # its channel names, once known, name the channels of scores and alerts
+        self.names = names  # each sensor's channel names (or the configured ones) name its scores and alerts
         self.stats = stats
 
     def build(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
@@ -96,11 +97,10 @@ class OutputBuilder:
         `delay` readings later): one per reading, or one per input message and sensor."""
         scored = np.flatnonzero(result.status == SCORED)
         self.stats.scored += len(scored)
-        names = self.decoder.channel_names
         if self.config.score_records == "per_message":
-            columns = _per_message(messages, decoded, result, scored, names)
+            columns = _per_message(messages, decoded, result, scored, self.names)
         else:
-            columns = _per_reading(messages, decoded, result, scored, names)
+            columns = _per_reading(messages, decoded, result, scored, self.names)
         topic, model_id, delay = self.config.scores_topic, self.model_id, result.delay
         outputs = []
         for sensor, ts, score, surprise, anomalous, alerting, expected, seen, headers in zip(*columns):
@@ -121,14 +121,16 @@ class OutputBuilder:
         js = np.flatnonzero((result.status == SCORED) & result.released)
         readings = zip((result.sensor_ids[j] for j in js.tolist()), result.target_ts[js].tolist())
         scored_at = dict(zip(readings, decoded.engine_rows[js].tolist()))  # (sensor, ts) -> row
-        names = self.decoder.channel_names
+        sets = self.names
         outputs = []
         for event in result.events:
+            i = scored_at.get((event.sensor_id, event.ts))
+            set_id = int(decoded.channel_set[i]) if i is not None else int(sets.bound([event.sensor_id])[0])
+            names = sets.configured or sets.names(set_id)
             if names and event.channel_name is None and event.channel < len(names):
                 event = dataclasses.replace(event, channel_name=names[event.channel])
             doc = event.as_dict()
             doc["model"] = self.model_id
-            i = scored_at.get((event.sensor_id, event.ts))
             headers = [("alert_id", event.alert_id.encode()), ("kind", event.kind.value.encode())]  # the dedup key
             if i is not None:
                 headers += source_headers(messages[decoded.message[i]], int(decoded.index[i]))
@@ -145,9 +147,22 @@ Columns = tuple[list, list, list, list, list, list, list, list, list[list[tuple[
 headers."""
 
 
+def _names_of(sets: ChannelNames, decoded: Decoded, js: np.ndarray) -> list[list[str] | None] | None:
+    """The channel names of the sensor of each of these engine rows (None: it has none, its channels are a list);
+    None when no row's sensor has names."""
+    if sets.configured is not None:
+        return [sets.configured] * len(js)
+    if not sets.any_bound:
+        return None
+    ids = decoded.channel_set[decoded.engine_rows[js]].tolist()
+    named = {k: sets.names(k) for k in set(ids)}
+    return [named[k] for k in ids] if any(named.values()) else None
+
+
 def _per_reading(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
-                 names: list[str] | None) -> Columns:
-    """One score record per released reading, its fields numbers (channels: a list, or an object by name)."""
+                 sets: ChannelNames) -> Columns:
+    """One score record per released reading, its fields numbers (channels: a list, or an object by its sensor's
+    names)."""
     js = scored[result.released[scored]]
     row_message, row_index = decoded.message.tolist(), decoded.index.tolist()
     rows_of, sensor_ids = decoded.engine_rows.tolist(), result.sensor_ids
@@ -164,16 +179,18 @@ def _per_reading(messages: list, decoded: Decoded, result: StepResult, scored: n
         sensors.append(sensor_ids[j])
         headers.append(h)
     expected, seen = result.expected[js].tolist(), result.seen[js].tolist()
-    if names:
-        expected, seen = [dict(zip(names, e)) for e in expected], [dict(zip(names, v)) for v in seen]
+    names = _names_of(sets, decoded, js)
+    if names is not None:
+        expected = [dict(zip(n, e)) if n else e for n, e in zip(names, expected)]
+        seen = [dict(zip(n, v)) if n else v for n, v in zip(names, seen)]
     return (sensors, result.target_ts[js].tolist(), result.score[js].tolist(), result.surprise[js].tolist(),
             result.anomalous[js].tolist(), result.alerting[js].tolist(), expected, seen, headers)
 
 
 def _per_message(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
-                 names: list[str] | None) -> Columns:
+                 sets: ChannelNames) -> Columns:
     """One score record per input message and sensor, its fields arrays over the message's released readings
-    of that sensor."""
+    of that sensor (channels: arrays, or an object of arrays by the sensor's names after the message)."""
     columns: Columns = ([], [], [], [], [], [], [], [], [])
     sensors, ts, score, surprise, anomalous, alerting, expected, seen, headers = columns
     engine_rows, released = decoded.engine_rows, result.released  # (a property: computed on each read)
@@ -193,6 +210,7 @@ def _per_message(messages: list, decoded: Decoded, result: StepResult, scored: n
             if rows.size == 0:
                 continue
             e, v = result.expected[rows], result.seen[rows]
+            names = (_names_of(sets, decoded, rows[-1:]) or [None])[0]
             sensors.append(sensor)
             ts.append(result.target_ts[rows])
             score.append(result.score[rows])

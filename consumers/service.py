@@ -92,10 +92,10 @@ class ScoringService:
         self.monitor = HealthMonitor(config)
         self._http: HttpEndpoints | None = None
         # a batch's way out: outputs, their delivery, the partition of each sensor, the changelog (docs/state.md)
-        self.outputs = OutputBuilder(config, self.model.model_id, self.decoder, self.stats)
+        self.outputs = OutputBuilder(config, self.model.model_id, self.decoder.names, self.stats)
         self.delivery = Delivery(config, self.stats, self.monitor.heartbeat, self.monitor.waiting)
         self.ownership = Ownership(self.stats, track_changes=config.checkpoints_enabled)
-        self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry)
+        self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry, self.decoder.names)
         self.checkpoint_stats = self.checkpoints.stats
         self.checkpoint_metrics = self.checkpoints.metrics
 
@@ -278,7 +278,7 @@ class ScoringService:
             if not messages:
                 return
             metrics.batch_messages.observe(len(messages))
-            decoded = self.decoder.decode([(m.key, m.value) for m in messages])
+            decoded = self._decode(messages)
             self.stats.messages += len(messages)
             self.stats.consumed += len(decoded)
             stepped = time.perf_counter()
@@ -305,23 +305,36 @@ class ScoringService:
             crash_point("committed")
             self.stats.batches += 1
 
-    async def _score(self, decoded: Decoded) -> StepResult | None:
-        rows = decoded.engine_rows
-        if rows.size == 0 or self.decoder.channels is None:
-            return None
-        if self.engine is None:
+    def _decode(self, messages: list) -> Decoded:
+        """The batch as rows. The first batch that tells the channel count starts the engine, which takes the states
+        restored before it; if they brought channel names, the batch is decoded again, by its sensors' names."""
+        pairs = [(m.key, m.value) for m in messages]
+        decoded = self.decoder.decode(pairs)
+        if self.engine is None and self.decoder.channels is not None:
             self.engine = self._new_engine(self.decoder.channels)
             self.checkpoints.engine_ready(self.engine)
-            log.info("engine ready: %d channel(s)%s", self.decoder.channels,
-                     f" {self.decoder.channel_names}" if self.decoder.channel_names else "")
+            configured = self.decoder.names.configured
+            log.info("engine ready: %d channel(s)%s", self.decoder.channels, f" {configured}" if configured else "")
+            if self.decoder.names.any_bound:
+                decoded = self.decoder.decode(pairs)
+        return decoded
+
+    async def _score(self, decoded: Decoded) -> StepResult | None:
+        rows = decoded.engine_rows
+        if rows.size == 0 or self.engine is None:
+            return None
         ids = [decoded.sensor_ids[i] for i in rows.tolist()]
         # the network step is CPU work: keep the event loop (heartbeats, fetches) responsive
-        return await asyncio.to_thread(
+        result = await asyncio.to_thread(
             self.engine.step, ids, decoded.ts[rows], decoded.values[rows], decoded.status[rows]
         )
+        self.decoder.names.bind(decoded.bindings)  # the sensors that took channel names now have state to keep them
+        return result
 
     def _new_engine(self, channels: int) -> Engine:
-        return Engine.for_model(self.model, self.config.detector, channels)
+        engine = Engine.for_model(self.model, self.config.detector, channels)
+        self.decoder.names.pool = engine.pool  # each sensor's channel names live with its state
+        return engine
 
     def _outputs(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
         """The batch's dead letters, score records and alert events; notes where the scored sensors were read."""

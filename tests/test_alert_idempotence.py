@@ -32,7 +32,7 @@ def _service() -> ScoringService:
 
 def _process(service: ScoringService, records: list[ConsumerRecord]) -> list:
     """One batch as `process` handles it, minus Kafka: decode, score, build the outputs."""
-    decoded = service.decoder.decode([(r.key, r.value) for r in records])
+    decoded = service._decode(records)
     result = asyncio.run(service._score(decoded))
     return service._outputs(records, decoded, result)
 

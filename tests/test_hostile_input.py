@@ -88,7 +88,7 @@ def _run_batches(service: ScoringService, batches: list[list[tuple[bytes | None,
             records.append(ConsumerRecord(TOPIC, 0, offset, 0, 0, key, value, None, len(key or b""),
                                           len(value or b""), []))
             offset += 1
-        decoded = service.decoder.decode([(r.key, r.value) for r in records])
+        decoded = service._decode(records)
         assert sorted(set(decoded.message.tolist())) == list(range(len(records)))  # every message has a row
         readings += len(decoded)
         result = asyncio.run(service._score(decoded))

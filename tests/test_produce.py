@@ -89,7 +89,7 @@ def test_csv_rows_arrive_keyed_in_the_service_format(kafka_bootstrap, tmp_path, 
     decoder = Decoder()
     decoded = decoder.decode([(r.key, r.value) for r in records])
     assert all(d is None for d in decoded.dead) and not decoded.status.any()
-    assert decoder.channel_names == ["flow", "temp"]
+    assert {tuple(decoder.names.names(k)) for k in decoded.channel_set.tolist()} == {("flow", "temp")}
 
 
 def test_batch_per_message_groups_each_sensors_readings(kafka_bootstrap, tmp_path, capsys):

@@ -19,6 +19,11 @@ def one(decoder: Decoder, value: bytes | None, key: bytes | None = b"k1"):
     return out, out.dead[0], out.status[0]
 
 
+def names_of(decoder: Decoder, out, row: int) -> list[str] | None:
+    """The channel names of row `row`'s sensor after that reading (None: none)."""
+    return decoder.names.names(int(out.channel_set[row]))
+
+
 def reason(decoder: Decoder, value: bytes | None, key: bytes | None = b"k1") -> str | None:
     out, dead, status = one(decoder, value, key)
     if dead is not None:
@@ -63,7 +68,7 @@ def test_values_list_and_object():
         (b"a", b'{"ts": 4, "values": {"flow": 1.0, "pressure": 2.0}}'),
         (b"a", b'{"ts": 5, "values": [1.0]}'),
     ])
-    assert d.channels == 2 and d.channel_names == ["flow", "temp"]
+    assert d.channels == 2 and [names_of(d, out, i) for i in range(5)] == [["flow", "temp"]] * 5
     assert out.values[0].tolist() == [3.5, 41.0]
     assert out.values[1].tolist() == [1.0, 2.0]
     assert out.values[2].tolist() == [7.0, 8.0]
@@ -154,7 +159,7 @@ def test_batch_envelope_of_one_sensor():
         {"ts": 3},
     ]})
     out = d.decode([(b"key", value)])
-    assert d.channel_names == ["f", "t"]
+    assert [names_of(d, out, i) for i in range(3)] == [["f", "t"], ["f", "t"], None]  # fan-2 has no names
     assert out.sensor_ids[:3] == ["pump-7", "pump-7", "fan-2"]
     assert out.values[:3].tolist() == [[2.0, 1.0], [4.0, 3.0], [5.0, 6.0]]
     assert out.dead[3] == (DeadLetterReason.MISSING_FIELD, "reading 3: no value or values field")
@@ -231,7 +236,7 @@ def test_channel_count_and_names_are_learnt_only_within_limits():
     out = d.decode([(b"a", orjson.dumps({"ts": 1, "values": list(range(5))})),
                     (b"a", b'{"ts": 2, "values": {"\\ud800": 1, "b": 2}}'),  # a lone surrogate cannot be a name
                     (b"a", orjson.dumps({"ts": 3, "values": [1, 2, 3, 4]}))])
-    assert d.channels == 4 and d.channel_names is None
+    assert d.channels == 4 and not out.channel_set.any() and not d.names.any_bound
     assert [RejectReason(int(s)).label if s else None for s in out.status] == ["wrong_channels", "wrong_channels", None]
     d = Decoder(max_channels=4)
     d.decode([(b"a", b'{"ts": 1, "values": {"\\ud800": 1, "b": 2}}')])
@@ -297,7 +302,7 @@ def test_columnar_batch_one_sensor():
 def test_columnar_named_channels_and_rows():
     d = Decoder()
     out = d.decode([(b"p", orjson.dumps({"ts": [1, 2], "values": {"t": [1.0, 3.0], "f": [2.0, 4.0]}}))])
-    assert d.channel_names == ["f", "t"] and out.sensor_ids == ["p", "p"]  # the key, as for readings
+    assert names_of(d, out, 1) == ["f", "t"] and out.sensor_ids == ["p", "p"]  # the key, as for readings
     assert out.values.tolist() == [[2.0, 1.0], [4.0, 3.0]]
     out = d.decode([(b"p", orjson.dumps({"sensor_id": "q", "ts": [3, 4], "values": [[5, 6], [7, 8]]}))])
     assert out.values.tolist() == [[5, 6], [7, 8]] and out.status.tolist() == [0, 0]
@@ -356,3 +361,55 @@ def test_columnar_equals_its_envelope(n, channels, form, data):
             got = columnar.dead_letter_value(i, b"")
             want = envelope.dead_letter_value(i, b"")
             assert json.loads(got) == json.loads(want) or (got == want)
+
+
+# --- channel names per sensor -----------------------------------------------------
+
+
+def test_channel_names_belong_to_each_sensor():
+    """One sensor's object names another's nothing: a takes none, b "temp", c "flow"; b's other names are its own
+    wrong_channels, and a's positional readings never take names from b."""
+    d = Decoder()
+    out = d.decode([
+        (b"a", b'{"ts": 1, "value": 1.0}'),
+        (b"b", b'{"ts": 1, "values": {"temp": 2.0}}'),
+        (b"a", b'{"ts": 2, "value": 1.5}'),
+        (b"c", b'{"ts": 1, "values": {"flow": 3.0}}'),
+        (b"b", b'{"ts": 2, "values": {"flow": 4.0}}'),
+        (b"b", b'{"ts": 3, "value": 5.0}'),  # positional: in b's channel order
+    ])
+    assert [RejectReason(int(s)).label if s else None for s in out.status] == [
+        None, None, None, None, "wrong_channels", None]
+    assert out.details[4] == "keys ['flow'] differ from the channels sensor 'b' was first seen with: ['temp']"
+    assert [names_of(d, out, i) for i in range(6)] == [None, ["temp"], None, ["flow"], ["temp"], ["temp"]]
+    assert out.values[:4, 0].tolist() == [1.0, 2.0, 1.5, 3.0]
+    assert out.bindings == {"b": d.names.id_of(["temp"]), "c": d.names.id_of(["flow"])}
+
+
+def test_columnar_names_are_checked_against_the_sensors_own_in_order():
+    """A columnar batch whose names are not its sensor's is wrong_channels as a whole; the first names win."""
+    d = Decoder()
+    ts = [1, 2]
+    out = d.decode([
+        (b"p", orjson.dumps({"ts": ts, "values": {"t": [1.0, 2.0], "f": [3.0, 4.0]}})),
+        (b"p", orjson.dumps({"ts": 3, "values": {"t": 5.0, "x": 6.0}})),  # one reading, other names
+        (b"p", orjson.dumps({"ts": [4, 5], "values": {"x": [1.0, 2.0], "y": [3.0, 4.0]}})),
+        (b"q", orjson.dumps({"ts": [4, 5], "values": {"x": [1.0, 2.0], "y": [3.0, 4.0]}})),
+    ])
+    labels = [RejectReason(int(s)).label if s else None for s in out.status]
+    assert labels == [None, None, "wrong_channels", "wrong_channels", "wrong_channels", None, None]
+    assert out.details[3] == "keys ['x', 'y'] differ from the channels sensor 'p' was first seen with: ['f', 't']"
+    assert names_of(d, out, 5) == ["x", "y"] and out.values[5].tolist() == [1.0, 3.0]
+    # the other way round: an object reading first, then a columnar batch of other names
+    d = Decoder()
+    out = d.decode([(b"p", b'{"ts": 1, "values": {"a": 1, "b": 2}}'),
+                    (b"p", orjson.dumps({"ts": [2, 3], "values": {"x": [1.0, 2.0], "y": [3.0, 4.0]}}))])
+    assert [RejectReason(int(s)).label if s else None for s in out.status] == [None, "wrong_channels", "wrong_channels"]
+
+
+def test_configured_channel_names_name_every_sensor():
+    d = Decoder(channel_names=["temp"])
+    out = d.decode([(b"a", b'{"ts": 1, "value": 1.0}'), (b"b", b'{"ts": 1, "values": {"flow": 1.0}}')])
+    assert out.status.tolist() == [0, RejectReason.WRONG_CHANNELS]
+    assert out.details[1] == "keys ['flow'] differ from the configured channel_names: ['temp']"
+    assert not d.names.any_bound and not out.bindings  # nothing bound per sensor

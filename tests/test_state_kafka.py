@@ -42,6 +42,7 @@ from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
 from tests.test_serve_kafka import (  # noqa: F401 - model and model_dir are fixtures
     DETECTOR,
     ROOT,
+    T0,
     _serve_command,
     fleet,
     model,
@@ -122,6 +123,47 @@ def test_graceful_restart_resumes_state(kafka_bootstrap, model):
     assert all(in_partition[r.key] is not None for r in changelog if not r.key.startswith(MARKER_PREFIX))
     markers = [r for r in changelog if r.key.startswith(MARKER_PREFIX)]
     assert markers and all(header(r, "kind") == "offset" for r in markers)
+
+
+def test_channel_names_survive_a_restart(kafka_bootstrap, model):
+    """Each sensor's channel names go to the changelog with its state: after a restart A's records are still
+    lists, B's and C's still objects by their own names, and B's other names are B's wrong_channels alone."""
+    def reading(sensor: str, t: int, values: object) -> tuple[bytes, bytes]:
+        field = "values" if isinstance(values, dict) else "value"
+        return sensor.encode(), orjson.dumps({"sensor_id": sensor, "ts": T0 + 10 * t, field: values})
+
+    def steps(first: int, last: int) -> list[tuple[bytes, bytes]]:
+        return [m for t in range(first, last) for m in (reading("A", t, 1.0 + 0.1 * t),
+                                                         reading("B", t, {"temp": 20.0 + t}),
+                                                         reading("C", t, {"flow": 3.0 - 0.1 * t}))]
+
+    async def scenario():
+        topics = await new_topics(kafka_bootstrap, partitions=2)
+        cfg = service_config(kafka_bootstrap, topics, unique_name("g"), max_batch=10)
+        await produce(kafka_bootstrap, topics["in"], steps(0, 10))
+        await _run_until_committed(cfg, model, kafka_bootstrap, topics["in"],
+                                   await end_offsets(kafka_bootstrap, topics["in"]))
+        changelog = await read_all(kafka_bootstrap, cfg.changelog_name)
+        await produce(kafka_bootstrap, topics["in"], [reading("B", 10, {"flow": 1.0}), *steps(11, 20)])
+        second = await _run_until_committed(cfg, model, kafka_bootstrap, topics["in"],
+                                            await end_offsets(kafka_bootstrap, topics["in"]))
+        outputs = {k: await read_all(kafka_bootstrap, topics[k]) for k in ("scores", "dlq")}
+        return changelog, second, outputs
+
+    changelog, second, outputs = asyncio.run(scenario())
+    latest = {r.key: header(r, "channel_names") for r in changelog if not r.key.startswith(MARKER_PREFIX)}
+    assert latest == {b"A": None, b"B": '["temp"]', b"C": '["flow"]'}
+    assert second.checkpoint_stats.restored == 3 and second.checkpoint_stats.refused == 0
+    values: dict[str, list] = collections.defaultdict(list)
+    for r in outputs["scores"]:
+        doc = orjson.loads(r.value)
+        values[doc["sensor_id"]].append(doc["values"])
+    assert len(values["A"]) == len(values["B"]) == len(values["C"]) == 19  # steps 0-9 and 11-19
+    assert all(isinstance(v, list) for v in values["A"])
+    assert all(list(v) == ["temp"] for v in values["B"]) and all(list(v) == ["flow"] for v in values["C"])
+    (dead,) = outputs["dlq"]
+    assert dead.key == b"B" and header(dead, "reason") == "wrong_channels"
+    assert header(dead, "detail") == "keys ['flow'] differ from the channels sensor 'B' was first seen with: ['temp']"
 
 
 async def run_until_restored(service: ScoringService, timeout: float = 60.0) -> None:

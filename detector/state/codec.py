@@ -28,8 +28,10 @@ import numpy as np
 from detector.state.pool import Rows, StatePool
 
 MAGIC = b"HSST"
-FORMAT_VERSION = 2
-"""2: the layout checksum follows the bytes (fields by block and offset); 1 hashed them sorted by name."""
+FORMAT_VERSION = 3
+"""3: a sensor's channel-name set id (`channel_set`) in its rows; 2: the layout checksum follows the bytes (fields
+by block and offset); 1 hashed them sorted by name. Records of another format are refused (the sensor starts
+fresh)."""
 _HEADER = struct.Struct("<4sHHII16s")
 _MODEL_AT = _HEADER.size - 16
 

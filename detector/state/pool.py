@@ -2,7 +2,8 @@
 
 Millions of sensors share one network; each keeps only the few hundred bytes
 here: hidden state, normalisation and calibration statistics, the pending
-forecast, alert state and its last timestamp.
+forecast, alert state and its last timestamp (and the id of the set of names its
+channels go by, for the caller that names them).
 
 All fields of one dtype are packed side by side in one row-major block (float32,
 float64, int32), one row per slot. The engine gathers the rows of a micro-batch
@@ -75,6 +76,8 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "calm": ("i32", 1),  # consecutive normal readings during an episode
     "cause": ("i8", 1),  # ... the view that made it (a `Cause` code)
     "cause_channel": ("i32", 1),  # ... its channel
+    "channel_set": ("i32", 1),  # which names its channels go by: an id its caller gives (the Kafka service's
+    # `consumers.channels.ChannelNames`); 0 = none. The engine never reads it: it lives and dies with the state.
     # Readings waiting for a look-ahead model's k later readings (k = 0 for forecasters: no columns), oldest
     # first: each one's time, values and the normalisation frame it was seen in, to score it when it is released.
     "pending_ts": ("f64", "K"),
