@@ -66,11 +66,6 @@ class DetectorConfig(Settings):
         0, ge=0, le=1024, description="Sensors with at most this many channels (and at least 2) get the correlation"
         " view (C² state floats and a C×C solve per reading); 0 = off (the default)."
     )
-    variance_window: float = Field(
-        40.0, ge=0, description="Smoothing (readings) of the forecast error for the variance view, which judges"
-        " the sensor's recent errors against its usual ones as the forecast view does at `short_window`: noise that"
-        " grew (or a cycle that stopped) over tens of readings, too little per reading to score. 0 = off."
-    )
     season_bins: int = Field(
         24, ge=0, le=288, description="Bins of each channel's time-of-day profile (UTC): once a sensor has two days"
         " of readings and the profile explains half a channel's variance, its level is judged against what it"

@@ -459,18 +459,11 @@ class Engine:
                 err[which], st.err_short[judged_at], err_mean_before, err_var_before, st.scored[judged_at],
                 cfg.short_window, cfg.long_window,
             )
-            if cfg.variance_window:
-                slow, st.err_slow[judged_at], st.err_slow_mean[judged_at], st.err_slow_var[judged_at] = (
-                    calibration.score(err[which], st.err_slow[judged_at], st.err_slow_mean[judged_at],
-                                      st.err_slow_var[judged_at], st.scored[judged_at], cfg.variance_window,
-                                      cfg.long_window))
-            else:
-                slow = np.zeros(len(s))
             st.scored[judged_at] += 1
-            # The reading's score is the largest of five views: forecast error, shifted level, unusual level
-            # vector (correlation), stuck value, and forecast errors larger than usual for a while (variance).
+            # The reading's score is the largest of four views: forecast error, shifted level, unusual level
+            # vector (correlation), stuck value.
             s, cause = _largest(s, ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
-                                    (Cause.STUCK, stuck_score[which]), (Cause.VARIANCE, slow)))
+                                    (Cause.STUCK, stuck_score[which])))
             surprise[which] = s
             score[which] = p = scoring_surprise.to_score(s)
             anomalous[which] = thresholds.is_anomalous(p, count[which] + 1, cfg.warmup, cfg.threshold)
@@ -478,11 +471,9 @@ class Engine:
             if anomalous.any() or st.flags[judged_at].any() or st.active[judged_at].any():
                 # The channel of whichever view made the score is the reason.
                 off = np.nan_to_num(np.abs(z_res[which]), nan=0.0)
-                largest_error = off.argmax(axis=1)
                 channel = causes.choose(cause, {
-                    Cause.FORECAST: largest_error, Cause.CORRELATION: joint_channel[which],
+                    Cause.FORECAST: off.argmax(axis=1), Cause.CORRELATION: joint_channel[which],
                     Cause.LEVEL: level_channel[which], Cause.STUCK: stuck_channel[which],
-                    Cause.VARIANCE: largest_error,
                 })
                 pick = np.arange(len(channel))
                 by_level = (cause == Cause.LEVEL.code) | (cause == Cause.CORRELATION.code)

@@ -94,7 +94,13 @@ def test_remove_forgets_sensors(small_model):
 def test_bytes_per_sensor_matches_the_arrays():
     pool = StatePool(state_size=64, channels=1, capacity=1000, initial_capacity=1000)
     assert pool.bytes_per_sensor * 1000 == pool.nbytes
-    assert pool.bytes_per_sensor < 420  # 403 at H = 64: the statistics, 12 of bookkeeping, 4 of channel-name set id
+    assert pool.bytes_per_sensor < 420  # 407 at H = 64: the statistics, 12 of bookkeeping, 4 of channel-name set id
+
+
+def test_daily_profiles_cost_bins_plus_three_floats_per_channel():
+    off = StatePool(state_size=4, channels=8, capacity=10, initial_capacity=10)
+    on = StatePool(state_size=4, channels=8, capacity=10, initial_capacity=10, season_bins=24)
+    assert on.bytes_per_sensor - off.bytes_per_sensor == 4 * (24 + 3) * 8
 
 
 def test_gather_and_scatter_round_trip_every_field():

@@ -1,6 +1,6 @@
 """Which view made a reading's score, and so raised an alert: `Cause`.
 
-The engine scores each reading with five views (forecast error, correlation, level, stuck value, variance) and
+The engine scores each reading with four views (forecast error, correlation, level, stuck value) and
 keeps the most surprising. The view that made it is carried as a small int array of `Cause` codes next
 to the score; a sensor's state keeps the code, channel and surprise of the most surprising reading of
 its current run of anomalies, which is what its alert names.
@@ -24,7 +24,6 @@ class Cause(StrEnum):
     CORRELATION = "correlation"  # the channels' levels together are unusual (names the one contributing most)
     LEVEL = "level"  # the channel's level shifted
     STUCK = "stuck"  # the channel repeats one value
-    VARIANCE = "variance"  # the forecast errors have been larger than usual for a while (names the largest now)
 
     @property
     def code(self) -> int:
@@ -33,7 +32,7 @@ class Cause(StrEnum):
 
     @property
     def label(self) -> str:
-        """What alert events say: "forecast", "correlation", "level", "stuck" or "variance"."""
+        """What alert events say: "forecast", "correlation", "level" or "stuck"."""
         return self.value
 
     @classmethod

@@ -56,9 +56,6 @@ _FIELDS: dict[str, tuple[str, int | str]] = {
     "err_short": ("f32", 1),  # short-window smoothed error
     "err_mean": ("f32", 1),  # long-window distribution of log(err_short)
     "err_var": ("f32", 1),
-    "err_slow": ("f32", 1),  # the same at the variance view's slower smoothing (`variance_window`)
-    "err_slow_mean": ("f32", 1),
-    "err_slow_var": ("f32", 1),
     "peak": ("f32", 1),  # highest score of the open episode
     "cause_surprise": ("f32", 1),  # the most surprising reading of the current anomaly run: its surprise ...
     "norm_mean": ("f64", "C"),  # float64: a 1e6 offset must not swamp 1e-3 changes
