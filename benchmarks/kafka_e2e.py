@@ -207,15 +207,9 @@ def instrument(service) -> dict[str, float | None]:
 
 
 async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from tests.kafka_helpers import committed_offsets  # the tests' helper; imported late, as aiokafka is
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    return await committed_offsets(bootstrap, group, topic)
 
 
 async def wait_for_commits(bootstrap: str, group: str, topic: str, ends: dict[int, int], task: asyncio.Task,

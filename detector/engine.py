@@ -30,6 +30,7 @@ from detector.model.networks import Network
 from detector.scoring.causes import Cause
 from detector.state.codec import StateCodec
 from detector.state.pool import Rows, StatePool
+from detector.state.waves import waves
 from detector.readings.coerce import MAX_ABS_VALUE
 from detector.readings.reasons import READING_REASONS, SCORED, RejectReason
 from detector.readings.timestamps import usable_seconds
@@ -266,7 +267,7 @@ class Engine:
             if (slots < 0).any():  # ids the pool refused: empty or too long
                 status[positions[slots < 0]] = RejectReason.BAD_SENSOR_ID
                 positions, slots = positions[slots >= 0], slots[slots >= 0]
-            for members in _waves(slots):
+            for members in waves(slots):
                 self._step_wave(result, positions[members], slots[members], values)
             if positions.size:
                 self._max_ts = max(self._max_ts, float(ts[positions].max()))
@@ -590,23 +591,3 @@ def _largest(score: np.ndarray, views: Sequence[tuple[Cause, np.ndarray]]) -> tu
         cause[view_score > score] = view.code
         score = np.maximum(score, view_score)
     return score, cause
-
-
-def _waves(slots: np.ndarray) -> list[np.ndarray]:
-    """Split batch positions into waves: wave k holds each sensor's k-th reading, in input order."""
-    if slots.size <= 1:
-        return [np.arange(slots.size)] if slots.size else []
-    in_order = np.sort(slots)  # much cheaper than the stable argsort below, and usually all a batch needs
-    if (in_order[1:] != in_order[:-1]).all():
-        return [np.arange(slots.size)]
-    order = np.argsort(slots, kind="stable")
-    sorted_slots = slots[order]
-    starts = np.ones(slots.size, dtype=bool)
-    starts[1:] = sorted_slots[1:] != sorted_slots[:-1]
-    positions = np.arange(slots.size)
-    rank_sorted = positions - np.maximum.accumulate(np.where(starts, positions, 0))
-    if rank_sorted.max() == 0:
-        return [positions]
-    rank = np.empty_like(rank_sorted)
-    rank[order] = rank_sorted
-    return [np.flatnonzero(rank == k) for k in range(int(rank.max()) + 1)]
