@@ -67,9 +67,9 @@ class DetectorConfig(Settings):
         " view (C² state floats and a C×C solve per reading); 0 = off (the default)."
     )
     season_bins: int = Field(
-        24, ge=0, le=288, description="Bins of each channel's time-of-day profile (UTC): once a sensor has two days"
-        " of readings and the profile explains half a channel's variance, its level is judged against what it"
-        " usually reads at that time of day (`bins` + 2 floats per channel). 0 = off."
+        0, ge=0, le=288, description="Bins of each channel's time-of-day profile (UTC), e.g. 24: once a sensor has two"
+        " days of readings and the profile explains half a channel's variance, its level is judged against what it"
+        " usually reads at that time of day (`bins` + 3 floats per channel). 0 = off (the default)."
     )
     stuck_after: int = Field(
         10, ge=2, le=60000, description="Shortest run of identical readings on a channel that can score as stuck."

@@ -302,7 +302,7 @@ class Engine:
             self._score(result, st, Targets(
                 wave.positions, slice(None), wave.ts, wave.values, wave.mean, wave.std, wave.count,
                 expected=wave.mean + wave.std * st.forecast,
-                expected_std=np.maximum(wave.std * np.exp(0.5 * st.forecast_logvar), normalise.step_floor(wave.step)),
+                expected_std=wave.std * np.exp(0.5 * st.forecast_logvar),
                 has_estimate=(st.since_reset > 0) & (wave.count >= calibration.MIN_READINGS),
             ))
             st.forecast[:], st.forecast_logvar[:] = self._observe(wave)
@@ -320,7 +320,7 @@ class Engine:
                     wave.positions[at], at, released_ts[at], released_x[at], released_mean[at], released_std[at],
                     count,
                     expected=released_mean[at] + released_std[at] * estimate[at],
-                    expected_std=np.maximum(released_std[at] * np.exp(0.5 * logvar[at]), normalise.step_floor(wave.step[at])),
+                    expected_std=released_std[at] * np.exp(0.5 * logvar[at]),
                     # as for forecasters, the first reading after a reset has no estimate from before it
                     has_estimate=(count >= calibration.MIN_READINGS) & (st.since_reset[at] > k),
                 ))

@@ -245,7 +245,7 @@ def test_entrypoint_is_hiddenstate_serve_the_command_the_tests_run():
     module = COMMANDS[entrypoint[1]][0]
     assert module == "consumers.commands.serve"
     # ... which is what the end-to-end Kafka tests start as a process
-    assert f'"-m", "{module}"' in (ROOT / "tests" / "test_serve_kafka.py").read_text()
+    assert f'"-m", "{module}"' in (ROOT / "tests" / "kafka_helpers.py").read_text()  # serve_command
     # and the console script accepts the arguments the Deployment gives it
     script = shutil.which("hiddenstate", path=str(Path(sys.executable).parent))
     if script is None:

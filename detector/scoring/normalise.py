@@ -41,14 +41,8 @@ def scale(mean: np.ndarray, var: np.ndarray, step: np.ndarray | None = None) -> 
     least STEP_FRACTION of the channel's usual `step` where it has one."""
     floor = np.maximum(np.abs(mean) * 1e-9, 1e-12)
     if step is not None:
-        floor = np.maximum(floor, step_floor(step))
+        floor = np.maximum(floor, STEP_FRACTION * step)
     return np.maximum(np.sqrt(var), floor).astype(np.float32)
-
-
-def step_floor(step: np.ndarray) -> np.ndarray:
-    """The smallest spread a channel with this usual `step` is judged with: normalisation and forecasts alike,
-    since a network that has seen a channel idle states a tiny uncertainty for its next ordinary move."""
-    return STEP_FRACTION * step
 
 
 def update_step(step: np.ndarray, x: np.ndarray, prev: np.ndarray, seen: np.ndarray) -> np.ndarray:
