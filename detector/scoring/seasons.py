@@ -13,7 +13,7 @@ still (as the normalisation does), so a broken cycle is not learnt as the new no
 While a channel is judged against its profile, its level views' spread is kept at most the mean square of
 what is left after the profile (`bound_spread`), so the wide spread learnt from the raw cycle does not
 linger for days.
-Cost: (`bins` + 3) float32 per channel (108 bytes at the default 24 bins).
+Cost: (`bins` + 3) float32 per channel (108 bytes at 24 bins).
 """
 
 from __future__ import annotations
@@ -32,20 +32,17 @@ GAIN = 0.5
 """A profile is used where the variance left after it is at most this share of the variance before it."""
 
 
-def expected(profile: np.ndarray, ts: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each channel's profile value at time `ts` [n] from `profile` [n, C·bins]: (value [n, C], lower bin [n],
-    weight of the upper bin [n])."""
+def _bins(ts: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two bins each time `ts` [n] lies between: (lower [n, 1], upper [n, 1], weight of the upper [n, 1])."""
     position = (np.mod(ts, DAY) / DAY) * bins - 0.5  # bin centres at (i + 0.5) / bins of the day
     lower = np.floor(position)
-    weight = (position - lower).astype(np.float32)
     low = np.mod(lower, bins).astype(np.int64)
-    high = np.mod(low + 1, bins)
-    n, channels = len(ts), profile.shape[1] // bins
-    table = profile.reshape(n, channels, bins)
-    rows = np.arange(n)[:, None]
-    cols = np.arange(channels)[None, :]
-    value = (1.0 - weight)[:, None] * table[rows, cols, low[:, None]] + weight[:, None] * table[rows, cols, high[:, None]]
-    return value, low, weight
+    return low[:, None], np.mod(low + 1, bins)[:, None], (position - lower).astype(np.float32)[:, None]
+
+
+def _split(fit: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parts of a `fit` row block [n, 3C]: (mean square before the profile, after it, profile in use)."""
+    return fit[:, :channels], fit[:, channels:2 * channels], fit[:, 2 * channels:] > 0
 
 
 def update(
@@ -57,7 +54,7 @@ def update(
     dt_mean: np.ndarray,
     learn: np.ndarray,
     bins: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Deseasonalise normalised readings `z` [n, C] seen at `ts` and learn from them where `learn` [n].
 
     `profile` [n, C·bins] and `fit` [n, 3C] (the running mean square of z before and after the profile, and
@@ -66,9 +63,12 @@ def update(
     taken off [n, C], new profile, new fit, closed [n, C]: channels that stopped using their profile).
     """
     n, channels = z.shape
-    value, low, weight = expected(profile, ts, bins)
+    low, high, weight = _bins(ts, bins)
+    table = profile.reshape(n, channels, bins).copy()
+    rows, cols = np.arange(n)[:, None], np.arange(channels)[None, :]
+    value = (1.0 - weight) * table[rows, cols, low] + weight * table[rows, cols, high]
     left = z - value
-    raw_fit, left_fit, used = fit[:, :channels], fit[:, channels:2 * channels], fit[:, 2 * channels:] > 0
+    raw_fit, left_fit, used = _split(fit, channels)
     days = count * dt_mean.astype(np.float64) / DAY
     use = ((days >= MIN_DAYS)[:, None] & (left_fit <= GAIN * raw_fit))
     taken = np.where(use, value, 0.0).astype(np.float32)
@@ -78,12 +78,8 @@ def update(
     # each bin sees about per_day / bins readings a day: average over the days seen, at most DAYS
     alpha = 1.0 / np.maximum(1.0, per_day / bins * np.clip(days, 1.0, DAYS))
     step = (alpha[:, None] * left * learn[:, None]).astype(np.float32)
-    table = profile.reshape(n, channels, bins).copy()
-    rows = np.arange(n)[:, None]
-    cols = np.arange(channels)[None, :]
-    high = np.mod(low + 1, bins)
-    table[rows, cols, low[:, None]] += (1.0 - weight)[:, None] * step
-    table[rows, cols, high[:, None]] += weight[:, None] * step
+    table[rows, cols, low] += (1.0 - weight) * step
+    table[rows, cols, high] += weight * step
     fit_alpha = (np.maximum(1.0 / (count + 1.0), 1.0 / np.maximum(per_day, 1.0)) * learn)[:, None]
     new_raw = raw_fit + fit_alpha * (z * z - raw_fit)
     new_left = left_fit + fit_alpha * (left * left - left_fit)
@@ -98,7 +94,6 @@ def bound_spread(spread: np.ndarray, fit: np.ndarray, closed: np.ndarray) -> np.
     judged against its profile, its spread is at most the mean square left after it (so the wide spread learnt
     from the raw cycle does not linger); where it just stopped (`closed`), at least the raw mean square.
     """
-    channels = spread.shape[1]
-    raw_fit, left_fit, use = fit[:, :channels], fit[:, channels:2 * channels], fit[:, 2 * channels:] > 0
+    raw_fit, left_fit, use = _split(fit, spread.shape[1])
     bounded = np.where(use, np.minimum(spread, left_fit), spread)
     return np.where(closed, np.maximum(bounded, raw_fit), bounded).astype(np.float32)
