@@ -78,7 +78,7 @@ def score_files(
     channels = files[0].values.shape[1]
     outs = [
         EngineOutput(
-            score=np.zeros(len(f), dtype=np.float32),
+            score=np.zeros(len(f), dtype=np.float64),
             anomalous=np.zeros(len(f), dtype=bool),
             alerting=np.zeros(len(f), dtype=bool),
             residual=np.full((len(f), channels), np.nan),

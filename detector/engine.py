@@ -75,11 +75,11 @@ class StepResult:
     expected: what the network expected it to be (NaN before a sensor has an estimate).
     residual: seen − expected per channel.
     score: calibrated score in [0, 1], float64, of the reading at `target_ts`: 1 − the tail probability of the
-        reading under the sensor's own history (0 while its sensor has no estimate yet: its first readings, the
-        first after a gap reset); NaN where nothing was scored (rejected rows, and a look-ahead model's rows that
+        reading under the sensor's own history, down to 1e-6 and compressed beyond, so it never rounds to 1.0
+        (0 while its sensor has no estimate yet: its first readings, the first after a gap reset); NaN where nothing was scored (rejected rows, and a look-ahead model's rows that
         release no reading), so a rejected row never looks like a normal one.
-    surprise: −log10 of that tail probability (≥ 0; NaN where the score is): the same order as `score`, kept
-        into the far tail where the score is 1.0 (`detector.scoring.surprise`); 3 at a score of 0.999.
+    surprise: −log10 of that tail probability (≥ 0; NaN where the score is): the same order as `score`
+        (`detector.scoring.surprise`); 3 at a score of 0.999, 6 at 0.999999.
     anomalous: the reading crossed the threshold (after warm-up).
     alerting: the sensor's alert is open after this row.
     events: alert raise/clear events, in input order.

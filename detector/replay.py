@@ -74,7 +74,7 @@ class ReplayResult:
     anomalous: np.ndarray
     alerting: np.ndarray
     expected: np.ndarray
-    surprise: np.ndarray  # −log10 of the tail probability behind `score`: its order kept where score is 1.0
+    surprise: np.ndarray  # −log10 of the tail probability behind `score`, in the unit thresholds read
     events: list[AlertEvent]
     stats: EngineStats
     model_id: str
@@ -264,7 +264,7 @@ def write_scores(result: ReplayResult, path: Path) -> None:
     """The scores CSV: ts, sensor_id, score, surprise, anomalous, alerting, status, then value_<ch> and expected_<ch>.
 
     The score is written in full (shortest round-trip float64), so scores near 1 keep their order; the
-    surprise (−log10 of the tail probability) keeps it further, where the score is 1.0. A row that was
+    surprise (−log10 of the tail probability) is the same order on a scale that reads. A row that was
     not scored (status a reject reason, or `pending`) has empty score and surprise cells, never a 0.
     """
     labels = {SCORED: "scored", PENDING: "pending", **{r.value: r.label for r in RejectReason}}

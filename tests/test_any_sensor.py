@@ -4,6 +4,7 @@ keeps its order in the tail (issue: scores that hold on any sensor)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from detector import Detector, DetectorConfig
 from detector.alerts import AlertKind
@@ -61,6 +62,10 @@ def test_surprise_is_monotone_in_the_tail_probability_and_matches_the_score():
     assert np.all(np.diff(s) > 0) and np.isfinite(s).all()
     assert abs(surprise.to_score(np.array([3.0]))[0] - 0.999) < 1e-12
     assert abs(surprise.of_score(0.999) - 3.0) < 1e-9
+    score = surprise.to_score(s)  # the score keeps that order too: it never rounds to 1.0
+    assert np.all(np.diff(score) > 0) and score.max() < 1.0
+    for t in (3.0, 6.0, 9.0, 300.0, 1e4):
+        assert surprise.of_score(float(surprise.to_score(np.array([t]))[0])) == pytest.approx(t, rel=1e-6)
     t2 = np.linspace(0.0, 4000.0, 2001)
     assert np.all(np.diff(surprise.chi2_upper(t2, 3)) > 0)
     assert np.all(np.diff(surprise.any_of(s, 8)) > 0)

@@ -22,10 +22,9 @@ from benchmarks.asd.metrics import (
     evaluate,
     event_counts,
     event_scores,
-    roc_auc,
-    top_tie_share,
 )
 from benchmarks.asd.reference import always_alarm, fit_pca, hysteresis, pca_reference, random_alerts
+from benchmarks.ranking import roc_auc, top_tie_share
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN, TEST, CHANNELS = 200, 100, 3

@@ -13,7 +13,8 @@ Events (per server, pooled over servers by summing counts):
   segment (any of the segments) it opened in.
 
 Per row: ROC-AUC of the per-row score against the anomaly label over all test rows (ties count half),
-and the share of test rows whose score equals the top (maximum) score, a saturation check.
+and the share of test rows (and of normal test rows) whose score equals the top score, a saturation check
+(benchmarks/ranking.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from benchmarks.asd.data import ROW_MINUTES, ROWS_PER_DAY, AsdFile, Segment
+from benchmarks.ranking import ranking
 
 
 @dataclass
@@ -102,30 +104,6 @@ def event_scores(c: EventCounts) -> dict[str, float]:
     }
 
 
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve (Mann–Whitney, tied scores ranked by their average rank); NaN without both classes."""
-    score = np.asarray(score, dtype=np.float64)
-    pos = np.asarray(label) == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if not n_pos or not n_neg:
-        return float("nan")
-    if not np.all(np.isfinite(score)):
-        raise ValueError("scores must be finite")
-    order = np.argsort(score, kind="stable")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based average rank of each tie group
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def top_tie_share(score: np.ndarray) -> float:
-    """Share of rows whose score equals the maximum score."""
-    score = np.asarray(score)
-    return float(np.mean(score == score.max())) if score.size else float("nan")
-
-
 @dataclass
 class ServerEval:
     """What one server contributes: event counts and its test rows' scores, labels and alert state."""
@@ -154,8 +132,7 @@ def summarise(evals: Sequence[ServerEval]) -> dict:
     label = np.concatenate([e.label for e in evals])
     for name in evals[0].scores:
         pooled = np.concatenate([e.scores[name] for e in evals])
-        out[f"auc_{name}"] = roc_auc(pooled, label)
-        out[f"top_tie_{name}"] = top_tie_share(pooled)
+        out.update(ranking(name, pooled, label))
     alerting = np.concatenate([e.alerting for e in evals])
     out["alert_open_share"] = float(alerting.mean())
     out["open_all_test"] = sum(bool(e.alerting.all()) for e in evals)

@@ -30,14 +30,17 @@ import benchmarks._bootstrap  # noqa: F401  (first: one BLAS thread, set before 
 
 # isort: split
 
+import numpy as np
 import torch
 
 from benchmarks import runs
+from benchmarks.ranking import ranking
 from benchmarks.report import write_json
 from benchmarks.skab import reference, table
 from benchmarks.skab.data import DEFAULT_DATA, SkabFile, load
 from benchmarks.skab.evaluate import diagnose, evaluate
-from benchmarks.streaming import harness_config, score_files
+from benchmarks.skab.metrics import TRAIN_ROWS
+from benchmarks.streaming import EngineOutput, harness_config, score_files
 from detector import DetectorConfig
 from detector.errors import HiddenstateError
 
@@ -46,7 +49,7 @@ SCRIPT = ".venv/bin/python benchmarks/skab/run.py"
 
 
 def run_engine(files: list[SkabFile], config: DetectorConfig, model: str, isolated: bool) -> tuple[dict, list]:
-    outs, seconds, model_id = score_files(files, config, model, isolated=isolated)
+    outs, seconds, model_id = score_files(files, config, model, isolated=isolated, fields=("surprise",))
     variants = {
         "alert": evaluate(files, [o.alerting for o in outs]),
         "flag": evaluate(files, [o.anomalous for o in outs]),
@@ -58,12 +61,22 @@ def run_engine(files: list[SkabFile], config: DetectorConfig, model: str, isolat
         "config": harness_config(config).model_dump(),
         "headline": "alert",
         "variants": variants,
+        "ranking": test_ranking(files, outs),
         "diagnostics": diagnose(files, outs),
         "scoring_seconds": seconds,
         "rows": int(sum(len(f) for f in files)),
         "isolated": isolated,
     }
     return record, outs
+
+
+def test_ranking(files: list[SkabFile], outs: list[EngineOutput]) -> dict[str, float]:
+    """ROC-AUC and top ties of the per-row score (and surprise) over every file's test part, pooled."""
+    label = np.concatenate([f.anomaly[TRAIN_ROWS:] for f in files])
+    out = ranking("score", np.concatenate([o.score[TRAIN_ROWS:] for o in outs]), label)
+    if all("surprise" in o.extra for o in outs):
+        out.update(ranking("surprise", np.concatenate([o.extra["surprise"][TRAIN_ROWS:] for o in outs]), label))
+    return out
 
 
 def baseline_records(files: list[SkabFile]) -> list[dict]:
@@ -146,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             f"NAB {a['nab_standard']:.2f} / {a['nab_low_fp']:.2f} / {a['nab_low_fn']:.2f}  "
             f"missed {a['nab_missed']}/{a['nab_windows']}  FP CPs {a['nab_false_positives']}"
         )
+    r = record["ranking"]
+    print(f"{name} per-row score: ROC-AUC {r['auc_score']:.3f}, top tie {r['top_tie_score']:.2%} of test rows, "
+          f"{r['top_tie_normal_score']:.2%} of normal ones")
     print(f"scored {record['rows']:,} rows in {record['scoring_seconds']:.1f} s; "
           f"whole run {record['total_seconds']:.1f} s; "
           f"wrote {args.out / 'skab.md'}")

@@ -91,6 +91,24 @@ def render(runs: list[dict]) -> str:
                 cells.append(
                     f"{cell(x['f1'])} / {cell(x['far'], 1)} / {cell(x['mar'], 1)} | {cell(x['nab_standard'], 1)}")
             lines.append(f"| {r['name']} | {OUTPUT_NAMES.get(variant, variant)} | " + " | ".join(cells) + " |")
+    ranked = [r for r in runs if "ranking" in r]
+    if ranked:
+        lines += [
+            "",
+            "## Per-row ranking",
+            "",
+            "ROC-AUC of the per-row score (and surprise) against the anomaly label over all test rows, and the share",
+            "of test rows (all, normal only) tied at the top score (benchmarks/ranking.py).",
+            "",
+            "| detector | ROC-AUC score | top tie % | top tie % normal | ROC-AUC surprise | top tie % surprise |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in ranked:
+            k = r["ranking"]
+            lines.append(
+                f"| {r['name']} | {cell(k['auc_score'], 3)} | {cell(100 * k['top_tie_score'], 2)} | "
+                f"{cell(100 * k['top_tie_normal_score'], 2)} | {cell(k.get('auc_surprise'), 3)} | "
+                f"{cell(100 * k['top_tie_surprise'], 2) if 'top_tie_surprise' in k else cell(None)} |")
     lines += runs_section(runs, _engine_details)
     return "\n".join(lines) + "\n"
 

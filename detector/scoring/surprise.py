@@ -6,7 +6,8 @@ see is 1 − q, in [0, 1]; but in float32, or as 1 − q in float64, every q bel
 1e-16) is the same 1.0, so the far tail loses its order and a threshold on the score cannot tell
 a large anomaly from a huge one. So the views compute `surprise = −log10 q` from log-probabilities
 (`log_ndtr`, `log1p`, `expm1`) in float64: 3 means q = 0.001, 9 means one in a billion, and it keeps
-growing where the score has long reached 1. `to_score` turns it back into the score.
+growing where 1 − q has long reached 1. `to_score` turns it back into the score, which is 1 − q down to
+q = 1e-6 and compresses the tail beyond, so the score too keeps its order and never ties at 1.0.
 """
 
 from __future__ import annotations
@@ -57,11 +58,23 @@ def chi2_upper(t2: np.ndarray, dof: int) -> np.ndarray:
     return np.where(tail > 1e-280, direct, np.maximum(asymptotic, 280.0))
 
 
+KNEE = 6.0
+"""Up to this surprise (q = 1e-6) the score is exactly 1 − q; beyond it the score keeps rising towards 1 as
+1 − 1e-6 · KNEE / surprise, so it never rounds to 1.0 and keeps the surprise's order into the far tail."""
+_KNEE_Q = 10.0 ** -KNEE
+
+
 def of_score(score: float) -> float:
-    """The surprise at which the score reaches `score` (e.g. a threshold of 0.999 is surprise 3)."""
-    return -math.log10(1.0 - score)
+    """The surprise at which the score reaches `score` (e.g. a threshold of 0.999 is surprise 3); `to_score`'s
+    inverse."""
+    q = 1.0 - score
+    return -math.log10(q) if q >= _KNEE_Q else KNEE * _KNEE_Q / max(q, 1e-300)
 
 
 def to_score(surprise: np.ndarray) -> np.ndarray:
-    """The calibrated score 1 − q in [0, 1], float64."""
-    return -np.expm1(-np.asarray(surprise, dtype=np.float64) * LN10)
+    """The calibrated score in [0, 1), float64: 1 − q for q ≥ 1e-6 (surprise ≤ `KNEE`), beyond that a monotone
+    compression of the tail, so no two surprises below about 6e10 share a score."""
+    s = np.asarray(surprise, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tail = 1.0 - _KNEE_Q * KNEE / np.maximum(s, KNEE)
+    return np.where(s <= KNEE, -np.expm1(-s * LN10), tail)
