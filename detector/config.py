@@ -9,11 +9,17 @@ one settings loader of `detector.settings`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from detector.settings import Settings, load_settings
+
+
+View = Literal["forecast", "level", "stuck", "correlation"]
+"""A scoring view: the network's forecast error, a channel's shifted level, a stuck value, the channels' levels
+together (docs/configuration.md, "Views")."""
 
 
 class DetectorConfig(Settings):
@@ -58,13 +64,19 @@ class DetectorConfig(Settings):
         " readings, so an abrupt shift scores sooner; both scales count as tests in the correction for the number of"
         " channels (C floats more state per scale). 0 = off (the default)."
     )
+    views: Annotated[tuple[View, ...], NoDecode] = Field(
+        ("forecast", "level", "stuck"), description="Which scoring views run (comma-separated in the"
+        " environment and flags): forecast, level, stuck, correlation. The score is the most surprising of them; a"
+        " view left out scores nothing and names no alert. correlation runs on sensors with 2 to"
+        " `correlation_max_channels` channels."
+    )
     correlation_window: float = Field(
         60.0, ge=2, description="Memory (readings) of the level vector that the correlation view compares with the"
         " usual covariance of the sensor's channels."
     )
     correlation_max_channels: int = Field(
-        0, ge=0, le=1024, description="Sensors with at most this many channels (and at least 2) get the correlation"
-        " view (C² state floats and a C×C solve per reading); 0 = off (the default)."
+        32, ge=0, le=1024, description="With `correlation` in `views`, sensors with at most this many channels (and"
+        " at least 2) get the correlation view (C² state floats and a C×C solve per reading)."
     )
     season_bins: int = Field(
         0, ge=0, le=288, description="Bins of each channel's time-of-day profile (UTC), e.g. 24: once a sensor has two"
@@ -94,10 +106,18 @@ class DetectorConfig(Settings):
         " None = no limit."
     )
 
+    @field_validator("views", mode="before")
+    @classmethod
+    def _split_views(cls, value: Any) -> Any:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        return tuple(dict.fromkeys(items)) if isinstance(items, list | tuple) else items
+
     @model_validator(mode="after")
     def _check(self) -> DetectorConfig:
         if 0 < self.level_fast_window < 2:
             raise ValueError(f"level_fast_window ({self.level_fast_window}) must be 0 (off) or at least 2")
+        if not self.views:
+            raise ValueError("views is empty: name at least one of forecast, level, stuck, correlation")
         if self.raise_k > self.raise_n:
             raise ValueError(f"raise_k ({self.raise_k}) cannot exceed raise_n ({self.raise_n})")
         return self

@@ -194,12 +194,15 @@ class Engine:
         """Whether the network forecasts the next reading (else it estimates one it has seen: encdec, bidir)."""
         self.delay = network.lookahead
         """How many readings after a reading its score comes (bidir's look-ahead; 0 for the others)."""
-        self.joint = 2 <= channels <= config.correlation_max_channels
+        self.views = frozenset(Cause(v) for v in config.views)
+        """The scoring views that run (`DetectorConfig.views`)."""
+        self.joint = Cause.CORRELATION in self.views and 2 <= channels <= config.correlation_max_channels
         """Whether sensors get the correlation view (see `correlation`)."""
         self.fast_level = config.level_fast_window > 0
         """Whether the level view also runs at a fast scale (see `levels.two_scales`)."""
-        self._clear_level = scoring_surprise.of_score(config.clear_level) if config.clear_level < 1.0 else np.inf
-        """`clear_level` as a surprise: a channel's own level surprise at or above it holds an open alert."""
+        self._clear_level = scoring_surprise.of_score(config.clear_level) \
+            if config.clear_level < 1.0 and Cause.LEVEL in self.views else np.inf
+        """`clear_level` as a surprise: a channel's own level surprise at or above it holds an open alert (inf: off)."""
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
                               lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
                               fast_level=self.fast_level, season_bins=config.season_bins)
@@ -461,10 +464,11 @@ class Engine:
                 cfg.short_window, cfg.long_window,
             )
             st.scored[judged_at] += 1
-            # The reading's score is the largest of four views: forecast error, shifted level, unusual level
-            # vector (correlation), stuck value.
-            s, cause = _largest(s, ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
-                                    (Cause.STUCK, stuck_score[which])))
+            # The reading's score is the largest of the views that run: forecast error, shifted level, unusual
+            # level vector (correlation), stuck value.
+            s, cause = _largest(s if Cause.FORECAST in self.views else np.zeros_like(s), [
+                (c, v) for c, v in ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
+                                    (Cause.STUCK, stuck_score[which])) if c in self.views])
             surprise[which] = s
             score[which] = p = scoring_surprise.to_score(s)
             anomalous[which] = thresholds.is_anomalous(p, count[which] + 1, cfg.warmup, cfg.threshold)
@@ -485,7 +489,7 @@ class Engine:
                     p, s, anomalous[which], cause, channel,
                     expected=np.where(by_level, usual[which][pick, channel], judged.expected[pick, channel]),
                     seen=judged.values[pick, channel], err_mean=err_mean_before, err_var=err_var_before,
-                    held=level_worst[which] >= self._clear_level if cfg.clear_level < 1.0 else None,
+                    held=level_worst[which] >= self._clear_level if self._clear_level < np.inf else None,
                 ))
 
         positions = targets.positions

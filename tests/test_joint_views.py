@@ -72,7 +72,7 @@ def test_engine_names_the_correlation_cause_and_does_not_depend_on_batching(smal
     common = np.repeat(rng.normal(0, 1, 150), 20)[:3000]
     values = np.stack([common + rng.normal(0, 0.1, 3000), common + rng.normal(0, 0.1, 3000)], axis=1)
     values[2500:2800, 1] = -values[2500:2800, 1]
-    config = DetectorConfig(correlation_max_channels=8, correlation_window=10)
+    config = DetectorConfig(views=("forecast", "level", "stuck", "correlation"), correlation_max_channels=8, correlation_window=10)
     whole = Detector(small_model, config=config, channels=2).score_arrays(["p"] * 3000, np.arange(3000.0), values)
     raises = [e for e in whole.events if e.kind is AlertKind.RAISE and 2500 <= e.ts < 2800]
     assert any(e.cause == "correlation" for e in raises)
