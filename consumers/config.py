@@ -234,6 +234,10 @@ class ServiceConfig(Settings):
         if self.detector.channels is not None and self.detector.channels > self.max_channels:
             raise ValueError(f"detector.channels {self.detector.channels} exceeds max_channels {self.max_channels}: "
                              f"raise max_channels")
+        if self.detector.learning == "online":
+            raise ValueError("learning = online is not supported by serve yet: each instance would learn its own"
+                             " weights from its own partitions; set learning = off (online learning runs in replay"
+                             " and the Python API, docs/models.md)")
         if self.broker_probe_seconds >= self.broker_stale_seconds:
             raise ValueError("broker_probe_seconds must be shorter than broker_stale_seconds")
         if self.retry_initial_seconds > self.retry_max_seconds:

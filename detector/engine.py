@@ -26,6 +26,7 @@ from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
 from detector.errors import ModelError
+from detector.model.learning import OnlineLearner
 from detector.model.networks import Network
 from detector.scoring.causes import Cause
 from detector.state.codec import StateCodec
@@ -206,6 +207,8 @@ class Engine:
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
                               lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
                               fast_level=self.fast_level, season_bins=config.season_bins)
+        self.learner = OnlineLearner(network, channels, config) if config.learning == "online" else None
+        """Online learning (`learning = "online"`), else None."""
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -281,7 +284,14 @@ class Engine:
         if len(result.events) > 1:
             result.events.sort(key=lambda e: e.ts)
         self._sweep_idle()
+        if self.learner is not None:
+            self.learner.update(self.network)  # between batches: the next one is scored with the new weights
         return result
+
+    @property
+    def weights_version(self) -> int:
+        """0 for the loaded weights; online learning adds one per update."""
+        return self.learner.version if self.learner is not None else 0
 
     def _check_stateless(self, result: StepResult, values: np.ndarray) -> None:
         status = result.status
@@ -308,13 +318,16 @@ class Engine:
                 expected_std=wave.std * np.exp(0.5 * st.forecast_logvar),
                 has_estimate=(st.since_reset > 0) & (wave.count >= calibration.MIN_READINGS),
             ))
-            st.forecast[:], st.forecast_logvar[:] = self._observe(wave)
+            st.forecast[:], st.forecast_logvar[:], inputs = self._observe(wave)
+            if self.learner is not None:
+                self.learner.observe(wave.slots, inputs, (wave.count == 0) | wave.gap,
+                                     ~result.anomalous[wave.positions] & (st.active == 0))
         else:
             # A reconstruction or look-ahead model: its estimate is of the reading `delay` back (this one for
             # delay 0), which leaves the pending line now and is scored in the frame it was seen in.
             k = self.delay
             ready = st.since_reset >= k  # the network has seen the released reading (not before a reset)
-            estimate, logvar = self._observe(wave)
+            estimate, logvar, _ = self._observe(wave)
             released_ts, released_x, released_mean, released_std = self._release(wave)
             at = np.flatnonzero(ready)
             if at.size:
@@ -368,8 +381,8 @@ class Engine:
         return Wave(positions, slots, st, ts, values[positions], prev, count, dt, gap, mean, var, step,
                     normalise.scale(mean, var, step))
 
-    def _observe(self, wave: Wave) -> tuple[np.ndarray, np.ndarray]:
-        """Normalise the readings, update the statistics and step the network: its (estimate, log-variance)."""
+    def _observe(self, wave: Wave) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalise the readings, update the statistics and step the network: its (estimate, log-variance, inputs)."""
         cfg, st, ts = self.config, wave.state, wave.ts
         z, tfeat, new_mean, new_var, new_step, st.dt_mean[:] = normalise.observe(
             wave.mean, wave.var, wave.step, st.dt_mean, wave.count, wave.values, wave.prev, wave.dt, cfg.norm_window,
@@ -387,7 +400,7 @@ class Engine:
         estimate, logvar, hidden = self.network.step(torch.from_numpy(features), state)
         self.stats.network_seconds += time.perf_counter() - started
         st.hidden[:] = hidden.numpy()
-        return estimate.numpy(), logvar.numpy()
+        return estimate.numpy(), logvar.numpy(), features
 
     def _holding(self, st: Rows, at: np.ndarray | slice, ts: np.ndarray) -> np.ndarray:
         """Which of the sensors (rows `at` of `st`, readings at `ts`) hold their reference statistics still.
@@ -466,7 +479,7 @@ class Engine:
             st.scored[judged_at] += 1
             # The reading's score is the largest of the views that run: forecast error, shifted level, unusual
             # level vector (correlation), stuck value.
-            s, cause = _largest(s if Cause.FORECAST in self.views else np.zeros_like(s), [
+            s, cause = causes.largest(s if Cause.FORECAST in self.views else np.zeros_like(s), [
                 (c, v) for c, v in ((Cause.LEVEL, level_score[which]), (Cause.CORRELATION, joint_score[which]),
                                     (Cause.STUCK, stuck_score[which])) if c in self.views])
             surprise[which] = s
@@ -585,13 +598,3 @@ class Engine:
         if self._max_ts - self._last_idle_sweep >= ttl / 10:
             self._last_idle_sweep = self._max_ts
             self.pool.evict_idle(self._max_ts, ttl)
-
-
-def _largest(score: np.ndarray, views: Sequence[tuple[Cause, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """The largest of the forecast view's `score` and the other views' (in order; a tie goes to the earlier
-    one), and which view made it: (score, `Cause` codes)."""
-    cause = np.zeros(len(score), dtype=np.int8)  # Cause.FORECAST
-    for view, view_score in views:
-        cause[view_score > score] = view.code
-        score = np.maximum(score, view_score)
-    return score, cause

@@ -18,6 +18,8 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clear-m", type=int, help="consecutive normal readings that clear an alert")
     group.add_argument("--max-gap", type=float, help="seconds of silence after which a sensor's hidden state resets")
     group.add_argument("--capacity", type=int, help="most sensors held in memory")
+    group.add_argument("--learning", choices=["off", "online"],
+                       help="online: the shared weights keep learning from the stream (default off; docs/models.md)")
     group.add_argument("--views", metavar="VIEW[,VIEW...]",
                        help="scoring views that run: forecast, level, stuck, correlation (default forecast,level,stuck)")
 
@@ -35,5 +37,6 @@ def config_from_args(args: argparse.Namespace, **extra: object) -> DetectorConfi
         max_gap=args.max_gap,
         capacity=args.capacity,
         views=args.views,
+        learning=args.learning,
         **extra,
     )

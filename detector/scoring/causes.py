@@ -8,7 +8,7 @@ its current run of anomalies, which is what its alert names.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
 import numpy as np
@@ -48,3 +48,13 @@ def choose(cause: np.ndarray, by_cause: Mapping[Cause, np.ndarray | float]) -> n
     """Per reading, the entry of `by_cause` (one per Cause: an array with a row per reading, or a number) for its
     cause (codes)."""
     return np.choose(cause, [by_cause[c] for c in _BY_CODE])
+
+
+def largest(score: np.ndarray, views: Sequence[tuple[Cause, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The largest of the forecast view's `score` and the other views' (in order; a tie goes to the earlier
+    one), and which view made it: (score, `Cause` codes)."""
+    cause = np.zeros(len(score), dtype=np.int8)  # Cause.FORECAST
+    for view, view_score in views:
+        cause[view_score > score] = view.code
+        score = np.maximum(score, view_score)
+    return score, cause
