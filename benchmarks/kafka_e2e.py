@@ -172,7 +172,8 @@ def fast_producer(bootstrap: str):
 # ----------------------------------------------------------------------------- service
 
 
-def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namespace):
+def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namespace, **overrides: object):
+    """The service's settings for a run on `topics`: the defaults, `args`' batching options, then `overrides`."""
     from consumers.config import ServiceConfig
     from detector.config import DetectorConfig
 
@@ -184,25 +185,28 @@ def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namesp
     return ServiceConfig(
         bootstrap_servers=bootstrap, input_topics=[topics["in"]], scores_topic=topics["scores"],
         alerts_topic=topics["alerts"], dead_letter_topic=topics["dlq"], group_id=unique("bench-group"),
-        metrics_address="127.0.0.1", metrics_port=0, detector=DetectorConfig(channels=1, model=args.model), **kw,
+        metrics_address="127.0.0.1", metrics_port=0, detector=DetectorConfig(channels=1, model=args.model),
+        **{**kw, **overrides},
     )
 
 
 def instrument(service) -> dict[str, float | None]:
-    """Record the time of the first batch and of the latest commit (wrapping the instance's methods)."""
+    """Record the time of the first batch and of the latest batch's end: its offsets (or transaction) committed
+    (wrapping the instance's methods)."""
     marks: dict[str, float | None] = {"first_batch": None, "last_commit": None}
-    process, commit = service.process, service._commit
+    process, deliver = service.process, service._deliver
 
     async def timed_process(records, polled_at=None):
         if marks["first_batch"] is None:
             marks["first_batch"] = time.perf_counter() if polled_at is None else polled_at
         await process(records, polled_at)
 
-    async def timed_commit(offsets):
-        await commit(offsets)
+    async def timed_deliver(batch):
+        unfinished = await deliver(batch)
         marks["last_commit"] = time.perf_counter()
+        return unfinished
 
-    service.process, service._commit = timed_process, timed_commit
+    service.process, service._deliver = timed_process, timed_deliver
     return marks
 
 
@@ -424,11 +428,12 @@ def _load_process(conn, *a) -> None:
         conn.close()
 
 
-async def latency(bootstrap: str, args: argparse.Namespace, model) -> dict:
+async def latency(bootstrap: str, args: argparse.Namespace, model, **overrides: object) -> dict:
+    """(b) at `args.rate` for `args.duration` s; `overrides`: service settings on top of `service_config`'s."""
     from consumers.service import ScoringService
 
     topics = await create_topics(bootstrap, args.partitions)
-    cfg = service_config(bootstrap, topics, args)
+    cfg = service_config(bootstrap, topics, args, **overrides)
     service = ScoringService(cfg, model)
     await service.start()
     task = asyncio.create_task(service.run())
@@ -453,7 +458,9 @@ async def latency(bootstrap: str, args: argparse.Namespace, model) -> dict:
     if "error" in result:
         raise RuntimeError(f"load process: {result['error']}")
     result.update(rate=args.rate, duration=args.duration, sensors=args.sensors, partitions=args.partitions,
-                  max_batch=cfg.max_batch, linger_ms=cfg.linger_ms, poll_timeout_ms=cfg.poll_timeout_ms)
+                  max_batch=cfg.max_batch, linger_ms=cfg.linger_ms, poll_timeout_ms=cfg.poll_timeout_ms,
+                  max_batch_delay_ms=cfg.max_batch_delay_ms, pipelining=cfg.pipelining,
+                  mean_batch=service.stats.messages / max(service.stats.batches, 1))
     return result
 
 

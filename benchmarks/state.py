@@ -50,6 +50,7 @@ from benchmarks.kafka_e2e import (  # noqa: E402
     create_topics,
     fast_producer,
     machine_info,
+    instrument,
     prepare_run,
     reading,
     unique,
@@ -104,16 +105,7 @@ async def one_pass(bootstrap: str, topics: dict[str, str], ends: dict[int, int],
 
     cfg = mode_config(bootstrap, topics, mode, max_batch, args)
     service = ScoringService(cfg, model)
-    marks: dict[str, float | None] = {"first": None, "last": None}
-    process = service.process
-
-    async def timed(records, polled_at=None):  # a batch ends once its offsets (or transaction) are committed
-        if marks["first"] is None:
-            marks["first"] = time.perf_counter() if polled_at is None else polled_at
-        await process(records, polled_at)
-        marks["last"] = time.perf_counter()
-
-    service.process = timed
+    marks = instrument(service)  # a batch ends once its offsets (or transaction) are committed
     await service.start()
     task = asyncio.create_task(service.run())
     try:
@@ -123,7 +115,7 @@ async def one_pass(bootstrap: str, topics: dict[str, str], ends: dict[int, int],
         await asyncio.wait_for(task, 60)
         await service.close()
     n = sum(ends.values())
-    seconds = marks["last"] - marks["first"]
+    seconds = marks["last_commit"] - marks["first_batch"]
     ck = service.checkpoint_stats
     return {
         "mode": mode,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -259,20 +259,6 @@ class Checkpointer:
         self.partitions = await ensure_changelog(self.config)
 
     # --- writing ---------------------------------------------------------------------------
-    async def write(self, deliver: Callable[[list[Output]], Awaitable[None]], engine: Engine | None,
-                    assigned: set[TopicPartition], offsets: dict[TopicPartition, int]) -> None:
-        """Write the changed sensors' states and the batch's position markers to the changelog; await the acks.
-
-        Runs after the batch's outputs are acknowledged and before its offsets are committed: the
-        changelog is never behind the committed offsets (see docs/state.md).
-        """
-        started = time.perf_counter()
-        outputs, n_records, n_bytes = await self.records(engine, assigned, offsets)
-        if not outputs:
-            return
-        await deliver(outputs)
-        self.count(n_records, n_bytes, started)
-
     async def records(self, engine: Engine | None, assigned: set[TopicPartition],
                       offsets: dict[TopicPartition, int]) -> tuple[list[Output], int, int]:
         """The changelog records of the sensors changed since the last checkpoint, and the position markers.

@@ -31,6 +31,9 @@ from detector.config import DetectorConfig, load_config
 from detector.errors import ConfigError
 from detector.settings import Settings, env_values, load_settings
 
+DEFAULT_MAX_BATCH_DELAY_MS = 5
+"""`max_batch_delay_ms`' default, chosen by measurement (docs/performance.md, benchmarks/latency.py)."""
+
 # secret field -> the field naming a file that holds it (read once, at load; a trailing newline is dropped)
 SECRET_FILES = {"sasl_password": "sasl_password_file", "ssl_key_password": "ssl_key_password_file"}
 
@@ -63,6 +66,19 @@ class ServiceConfig(Settings):
                     "rates batches stay small; under a backlog bigger batches cost fewer broker round trips.",
     )
     poll_timeout_ms: int = Field(200, ge=0, le=60_000, description="How long one poll waits for messages.")
+    max_batch_delay_ms: int = Field(
+        DEFAULT_MAX_BATCH_DELAY_MS, ge=0, le=10_000,
+        description="Most time a micro-batch stays open for more messages while the previous batch is still being "
+                    "acknowledged and committed: a batch is closed at max_batch messages or at this age, whichever "
+                    "comes first. With nothing in flight a batch is scored as soon as it is polled, so light "
+                    "traffic is never held back; 0 = each batch is what one poll returns.",
+    )
+    pipelining: bool = Field(
+        True,
+        description="Decode and score the next batch while the previous one's outputs are acknowledged and its "
+                    "offsets committed (commits stay in input order). False: one batch at a time, each committed "
+                    "before the next is polled.",
+    )
     max_message_bytes: int = Field(
         65_536, ge=64, description="Messages larger than this are dead-lettered as too_large, not parsed."
     )
@@ -319,7 +335,8 @@ class ServiceConfig(Settings):
         return (
             f"bootstrap={self.bootstrap_servers} inputs={','.join(self.input_topics)} scores={self.scores_topic} "
             f"alerts={self.alerts_topic} dlq={self.dead_letter_topic} group={self.group_id} "
-            f"max_batch={self.max_batch} security={sec} model={self.detector.model} "
+            f"max_batch={self.max_batch} max_batch_delay_ms={self.max_batch_delay_ms} "
+            f"pipelining={'on' if self.pipelining else 'off'} security={sec} model={self.detector.model} "
             f"threshold={self.detector.threshold} "
             f"changelog={self.changelog_name if self.checkpoints_enabled else 'off'} "
             f"guarantee={self.processing_guarantee} "

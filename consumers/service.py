@@ -1,23 +1,31 @@
 """`ScoringService`: consume readings from Kafka, score them, produce scores, alerts and dead letters.
 
-One loop, one micro-batch at a time (that is the backpressure: at most
-`max_batch` messages are in flight):
+One loop, micro-batches in a two-stage pipeline (at most two batches in flight, each of at most
+`max_batch` messages: that is the backpressure):
 
-    getmany ─► decode ─► Engine.step ─► produce scores / alerts / dead letters
-            ─► await every ack (acks=all) ─► commit the batch's offsets
+    batch n+1:  getmany ─► decode ─► Engine.step ─► outputs, changelog records   (`_prepare`: CPU, the engine)
+    batch n:    produce outputs ─► await every ack (acks=all) ─► changelog ─► commit   (`_deliver`: network only)
 
-Offsets are committed only after all outputs of the batch are acknowledged, so
-delivery is at-least-once: after a crash the uncommitted tail is consumed and
-scored again (see docs/service.md for what duplicates look like).
+Batch n+1 is decoded and scored while batch n is acknowledged and committed; batch n+1's delivery
+starts only once batch n's has ended, so commits stay in input order and a transactional producer
+has one transaction open at a time. `_deliver` never touches the engine (the next batch may be
+stepping it in a worker thread): a failed commit or transaction is handed back, and `_drain` drops
+or rewinds the state. While a batch is in flight the next one stays open for more messages, up to
+`max_batch` messages or `max_batch_delay_ms`; with nothing in flight a batch is scored at once.
+`pipelining = false` delivers and commits each batch before the next poll.
+
+Offsets are committed only after all outputs of the batch are acknowledged, so delivery is
+at-least-once: after a crash the uncommitted tail (up to two batches) is consumed and scored again
+(see docs/service.md for what duplicates look like).
 
 One `Engine` serves every assigned partition. Messages are keyed by sensor id,
 so a sensor's readings live in one partition; the service remembers which
 partition each sensor was last seen on (consumers/ownership.py) and, after a
 rebalance, drops the state of sensors whose partition went to another member. A
-revocation first waits for the in-flight batch to be produced and committed.
+revocation first waits for the batches in flight to be produced and committed.
 
 State checkpoints (docs/state.md, consumers/checkpoints.py): before each commit the
-states of the sensors the batch changed go to a compacted changelog topic (partition =
+states of the sensors the batch changed (exported right after its step) go to a compacted changelog topic (partition =
 input partition), with a position marker per input partition; newly assigned partitions
 are restored from it before they are scored. `processing_guarantee="exactly_once"` puts
 outputs, changelog records and offsets in one Kafka transaction (`_transact`).
@@ -41,6 +49,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -68,6 +77,29 @@ from detector.version import __version__
 log = logging.getLogger("hiddenstate.serve")
 
 
+@dataclass
+class Scored:
+    """A batch decoded and scored, with everything its delivery needs: no engine access after this."""
+
+    offsets: dict[TopicPartition, int]  # the next offset of each input partition of the batch
+    outputs: list[Output]  # dead letters, score records, alert events
+    polled_at: float  # `time.perf_counter()` when its poll returned
+    scored_ts: np.ndarray  # event times of its scored readings (the event-lag histogram)
+    checkpoint: list[Output] = field(default_factory=list)  # changelog records and position markers
+    checkpoint_records: int = 0
+    checkpoint_bytes: int = 0
+
+
+@dataclass
+class Unfinished:
+    """A delivered batch whose commit (at_least_once) or transaction (exactly_once) failed."""
+
+    partitions: set[TopicPartition]  # whose sensors' state includes readings that will come again
+    error: str
+    rewind: bool  # exactly_once: restore the partitions from the changelog and seek them to the committed offsets
+    reason: str = ""
+
+
 class ScoringService:
     """The Kafka service around one Engine. Use as `async with ScoringService(cfg) as s: await s.run()`."""
 
@@ -83,7 +115,9 @@ class ScoringService:
             self.engine = self._new_engine(self.decoder.channels)
         self.stats = ServiceStats()
         self.consumer: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one batch scored at a time; rebalances wait for it
+        self._in_flight: asyncio.Task[Unfinished | None] | None = None  # the batch being delivered and committed
+        self._delivering: Scored | None = None  # ... that batch
         self._stop = asyncio.Event()
         self._closed = False
         self._last_report = time.monotonic()
@@ -105,9 +139,9 @@ class ScoringService:
         return self._stop.is_set()
 
     def request_stop(self) -> None:
-        """Finish the in-flight batch, then leave `run()` (safe to call from a signal handler)."""
+        """Finish the batches in flight, then leave `run()` (safe to call from a signal handler)."""
         if not self._stop.is_set():
-            log.info("stop requested: finishing the in-flight batch")
+            log.info("stop requested: finishing the batches in flight")
         self._stop.set()
 
     async def wait_for_stop(self) -> None:
@@ -240,7 +274,7 @@ class ScoringService:
 
     # --- the loop -------------------------------------------------------------------
     async def run(self) -> None:
-        """Consume, score and produce until `request_stop()`; the in-flight batch always completes."""
+        """Consume, score and produce until `request_stop()`; the batches in flight always complete."""
         if self.consumer is None:
             raise RuntimeError("start() the service first")
         cfg = self.config
@@ -252,58 +286,151 @@ class ScoringService:
             while not self._stop.is_set():
                 monitor.heartbeat()
                 try:
-                    records = await self.consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+                    records, polled_at = await self._poll()
                 except KafkaError as exc:
                     log.warning("poll failed: %s; retrying", error_text(exc))
                     await self._sleep_unless_stopped(cfg.retry_initial_seconds, raise_on_stop=False)
                     continue
                 if records:
-                    await self.process(records, polled_at=time.perf_counter())
+                    await self.process(records, polled_at=polled_at)
                 self._maybe_report()
+            async with self._lock:
+                await self._drain()
         finally:
+            if self._in_flight is not None:  # cancelled (the grace period ran out) or failed: abandon it uncommitted
+                self._in_flight.cancel()
             monitor.running = False
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe
 
-    async def process(self, records: dict[TopicPartition, list], polled_at: float | None = None) -> None:
-        """Score one getmany batch, produce its outputs, wait for the acks, commit its offsets.
+    async def _poll(self) -> tuple[dict[TopicPartition, list], float]:
+        """The next batch's messages and `time.perf_counter()` when its first poll returned.
 
+        While the previous batch is in flight the batch stays open for more messages, up to `max_batch`
+        messages or `max_batch_delay_ms` after its first poll; with nothing in flight it is closed at once.
+        """
+        assert self.consumer is not None
+        cfg = self.config
+        records = await self.consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+        polled_at = time.perf_counter()
+        count = sum(len(msgs) for msgs in records.values())
+        closes = polled_at + cfg.max_batch_delay_ms / 1000
+        while records and count < cfg.max_batch and self._in_flight is not None and not self._in_flight.done():
+            left_ms = int((closes - time.perf_counter()) * 1000)
+            if left_ms <= 0:
+                break
+            more = await self.consumer.getmany(timeout_ms=left_ms, max_records=cfg.max_batch - count)
+            for tp, msgs in more.items():
+                records.setdefault(tp, []).extend(msgs)  # a partition's messages stay in offset order
+                count += len(msgs)
+        return records, polled_at
+
+    async def process(self, records: dict[TopicPartition, list], polled_at: float | None = None) -> None:
+        """Score one getmany batch, then hand it over to be produced, acknowledged and committed.
+
+        The previous batch's delivery (started by the previous call) runs meanwhile; it is awaited before
+        this batch's starts, so commits stay in input order and at most two batches are in flight: one
+        being scored, one being delivered. With `pipelining` off each batch is committed before this returns.
         polled_at: `time.perf_counter()` when the poll returned (default: now), for the latency histogram.
         """
         polled_at = time.perf_counter() if polled_at is None else polled_at
-        metrics = self.metrics
         async with self._lock:
-            messages = [m for tp in sorted(records, key=lambda t: (t.topic, t.partition)) for m in records[tp]]
-            if not messages:
+            batch = await self._prepare(records, polled_at)
+            if not await self._drain(also=batch):
+                return  # the previous batch's transaction failed: this one was scored on state now rolled back
+            if batch is None:
                 return
-            metrics.batch_messages.observe(len(messages))
-            decoded = self._decode(messages)
-            self.stats.messages += len(messages)
-            self.stats.consumed += len(decoded)
-            stepped = time.perf_counter()
-            result = await self._score(decoded)
-            crash_point("scored")
-            if result is not None:
-                metrics.engine_step.observe(time.perf_counter() - stepped)
-            outputs = self._outputs(messages, decoded, result)
-            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
-            if self.config.exactly_once:
-                await self._transact(outputs, offsets)
-                metrics.processing_latency.observe(time.perf_counter() - polled_at)
+            self._delivering = batch
+            self._in_flight = asyncio.create_task(self._deliver(batch), name="hiddenstate-deliver")
+            if not self.config.pipelining:
+                await self._drain()
+
+    async def _prepare(self, records: dict[TopicPartition, list], polled_at: float) -> Scored | None:
+        """Decode and score a batch, build its outputs and its changelog records: everything that needs the engine.
+
+        None for an empty batch.
+        """
+        assert self.consumer is not None
+        metrics = self.metrics
+        messages = [m for tp in sorted(records, key=lambda t: (t.topic, t.partition)) for m in records[tp]]
+        if not messages:
+            return None
+        metrics.batch_messages.observe(len(messages))
+        decoded = self._decode(messages)
+        self.stats.messages += len(messages)
+        self.stats.consumed += len(decoded)
+        stepped = time.perf_counter()
+        result = await self._score(decoded)
+        crash_point("scored")
+        if result is not None:
+            metrics.engine_step.observe(time.perf_counter() - stepped)
+        outputs = self._outputs(messages, decoded, result)
+        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in records.items() if msgs}
+        batch = Scored(offsets, outputs, polled_at,
+                       result.ts[result.status == SCORED] if result is not None else np.empty(0))
+        if self.config.checkpoints_enabled:  # the state after this batch, exported before the next one steps
+            assigned = self.consumer.assignment()
+            mine = {tp: off for tp, off in offsets.items() if tp in assigned}
+            batch.checkpoint, batch.checkpoint_records, batch.checkpoint_bytes = await self.checkpoints.records(
+                self.engine, assigned, mine)
+        return batch
+
+    async def _deliver(self, batch: Scored) -> Unfinished | None:
+        """Produce a scored batch's outputs, wait for the acks, write its checkpoint, commit its offsets.
+
+        Network only, never the engine (the next batch may be stepping it in a worker thread): what a
+        failure means for the engine's state is returned, for `_drain` to apply.
+        """
+        metrics = self.metrics
+        if self.config.exactly_once:
+            unfinished = await self._transact(batch)
+            if unfinished is None:
+                metrics.processing_latency.observe(time.perf_counter() - batch.polled_at)
                 self.stats.batches += 1
-                return
-            await self.delivery.deliver(outputs)
-            crash_point("produced")
-            metrics.processing_latency.observe(time.perf_counter() - polled_at)
-            if result is not None:
-                metrics.event_lag.observe_many(np.maximum(time.time() - result.ts[result.status == SCORED], 0.0))
-            if self.config.checkpoints_enabled:
-                await self.checkpoints.write(self.delivery.deliver, self.engine, self.consumer.assignment(), offsets)
-            crash_point("before_commit")
-            await self._commit(offsets)
-            crash_point("committed")
-            self.stats.batches += 1
+            return unfinished
+        await self.delivery.deliver(batch.outputs)
+        crash_point("produced")
+        metrics.processing_latency.observe(time.perf_counter() - batch.polled_at)
+        metrics.event_lag.observe_many(np.maximum(time.time() - batch.scored_ts, 0.0))
+        if batch.checkpoint:  # after the outputs' acks, before the commit: never behind the committed offsets
+            started = time.perf_counter()
+            await self.delivery.deliver(batch.checkpoint)
+            self.checkpoints.count(batch.checkpoint_records, batch.checkpoint_bytes, started)
+        crash_point("before_commit")
+        unfinished = await self._commit(batch.offsets)
+        crash_point("committed")
+        self.stats.batches += 1
+        return unfinished
+
+    async def _drain(self, also: Scored | None = None) -> bool:
+        """Wait for the batch in flight to be delivered and committed, and apply what its failure means.
+
+        also: a batch scored after it, not yet delivered. Returns False when that batch must be dropped: the
+        transaction before it failed, so its partitions are rolled back with the failed batch's.
+        """
+        task, batch = self._in_flight, self._delivering
+        if task is None or batch is None:
+            return True
+        try:
+            unfinished = await task
+        except ProducerFenced:
+            self.ownership.drop(set(batch.offsets) | (set(also.offsets) if also else set()), self.engine)
+            self.request_stop()
+            raise
+        finally:
+            if task.done():  # else this wait was cancelled, and `run` abandons the batch
+                self._in_flight = self._delivering = None
+        if unfinished is None:
+            return True
+        if not unfinished.rewind:  # at_least_once: the commit failed; the batch after it is delivered as usual
+            dropped = self.ownership.drop(unfinished.partitions, self.engine)
+            self.ownership.held -= unfinished.partitions  # restore them from the changelog if they come back
+            log.warning("commit failed%s: %s; those messages will be consumed again "
+                        "(dropped the state of %d sensor(s))", unfinished.reason, unfinished.error, dropped)
+            return True
+        await self._rewind(unfinished.partitions | (set(also.offsets) if also else set()), unfinished.error)
+        return False
 
     def _decode(self, messages: list) -> Decoded:
         """The batch as rows. The first batch that tells the channel count starts the engine, which takes the states
@@ -344,7 +471,8 @@ class ScoringService:
         self.ownership.prune(self.engine)
         return outputs
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> Unfinished | None:
+        """at_least_once: commit the batch's offsets of the partitions still assigned; what failed, if it did."""
         assert self.consumer is not None
         assigned = self.consumer.assignment()
         mine = {tp: off for tp, off in offsets.items() if tp in assigned}
@@ -352,57 +480,57 @@ class ScoringService:
             log.info("not committing revoked partitions %s (their new owner will consume them again)",
                      partitions_text(set(offsets) - set(mine)))
         if not mine:
-            return
+            return None
         try:
             await self.consumer.commit(mine)
-            self.stats.commits += 1
-            self.monitor.broker_contact()
         except KafkaError as exc:
             # The batch will be consumed again (here or by the partition's next owner). Its sensors'
-            # state already includes it: drop that state, or the redelivered readings would be
+            # state already includes it: `_drain` drops that state, or the redelivered readings would be
             # rejected as duplicates instead of scored again.
             self.stats.commit_failures += 1
-            dropped = self.ownership.drop(set(mine), self.engine)
-            self.ownership.held -= set(mine)  # restore them from the changelog if they come back
-            log.warning("commit failed%s: %s; those messages will be consumed again "
-                        "(dropped the state of %d sensor(s))",
-                        " (group rebalanced)" if isinstance(exc, CommitFailedError) else "", error_text(exc), dropped)
+            return Unfinished(set(mine), error_text(exc), rewind=False,
+                              reason=" (group rebalanced)" if isinstance(exc, CommitFailedError) else "")
+        self.stats.commits += 1
+        self.monitor.broker_contact()
+        return None
 
-    async def _transact(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> None:
+    async def _transact(self, batch: Scored) -> Unfinished | None:
         """exactly_once: outputs, changelog records and the consumed offsets in one transaction.
 
-        On a failure the transaction is aborted (read_committed readers never see its outputs), the
-        batch's partitions go back to their committed state: state restored from the changelog,
-        position at the committed offset; the batch is consumed and scored again.
+        On a failure the transaction is aborted (read_committed readers never see its outputs) and
+        `_drain` rewinds the batch's partitions to their committed state (`_rewind`): the batch is
+        consumed and scored again.
         """
         assert self.consumer is not None
         cfg = self.config
         assigned = self.consumer.assignment()
-        mine = {tp: off for tp, off in offsets.items() if tp in assigned}
+        mine = {tp: off for tp, off in batch.offsets.items() if tp in assigned}
         started = time.perf_counter()
-        ckpt, n_records, n_bytes = ([], 0, 0)
-        if cfg.checkpoints_enabled:
-            ckpt, n_records, n_bytes = await self.checkpoints.records(self.engine, assigned, mine)
         try:
-            failed = await self.delivery.transact([*outputs, *ckpt], mine)
+            failed = await self.delivery.transact([*batch.outputs, *batch.checkpoint], mine)
         except ProducerFenced as exc:
             log.error("this instance was fenced by another with transactional id %s: %s; stopping",
                       cfg.transactional_id_or_default, error_text(exc))
-            self.ownership.drop(set(offsets), self.engine)
-            self.request_stop()
             raise
         if failed is None:
             self.monitor.broker_contact()
-            if cfg.checkpoints_enabled:
-                self.checkpoints.count(n_records, n_bytes, started)
-            return
-        tps = set(mine)
-        dropped = self.ownership.drop(set(offsets), self.engine)
+            if batch.checkpoint:
+                self.checkpoints.count(batch.checkpoint_records, batch.checkpoint_bytes, started)
+            return None
+        return Unfinished(set(batch.offsets), error_text(failed), rewind=True)
+
+    async def _rewind(self, tps: set[TopicPartition], error: str) -> None:
+        """After a failed transaction: these partitions' state back to the changelog's, positions to the committed
+        offsets, so their uncommitted batches are consumed and scored again."""
+        assert self.consumer is not None
+        cfg = self.config
+        dropped = self.ownership.drop(tps, self.engine)
         log.warning("transaction failed: %s; aborted, the batch will be consumed again (dropped the state of %d "
-                    "sensor(s), restoring them from the changelog)", error_text(failed), dropped)
-        if cfg.checkpoints_enabled and tps:
-            await self.checkpoints.restore(self.consumer, self.engine, tps)
-        for tp in tps:
+                    "sensor(s), restoring them from the changelog)", error, dropped)
+        mine = tps & self.consumer.assignment()
+        if cfg.checkpoints_enabled and mine:
+            await self.checkpoints.restore(self.consumer, self.engine, mine)
+        for tp in mine:
             committed = await self.consumer.committed(tp)
             if committed is None:
                 if cfg.auto_offset_reset == "earliest":
@@ -415,10 +543,11 @@ class ScoringService:
 
     # --- rebalances -----------------------------------------------------------------
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Before a rebalance: wait until the in-flight batch is produced and committed."""
-        async with self._lock:
+        """Before a rebalance: wait until the batches in flight are produced and committed."""
+        async with self._lock:  # a batch being scored is handed over first
+            await self._drain()
             self.monitor.assign(None)
-            log.info("rebalance: partitions %s revoked (in-flight batch committed)", partitions_text(revoked))
+            log.info("rebalance: partitions %s revoked (in-flight batches committed)", partitions_text(revoked))
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         """After a rebalance: keep the state of sensors on partitions still ours, drop the rest.

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     kafka.add_argument("--score-records", choices=["per_reading", "per_message"],
                        help="one score record per reading (default), or per input message and sensor")
     kafka.add_argument("--poll-timeout-ms", type=int, metavar="MS", help="how long one poll waits (default 200)")
+    kafka.add_argument("--max-batch-delay-ms", type=int, metavar="MS",
+                       help="most time a batch stays open for more messages while the previous one commits "
+                            "(default 5)")
     kafka.add_argument("--grace", type=float, metavar="SECONDS",
                        help="time to drain, commit and leave the group on SIGTERM/SIGINT (default 30)")
     kafka.add_argument("--start-timeout", type=float, metavar="SECONDS",
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         score_records=args.score_records,
         poll_timeout_ms=args.poll_timeout_ms,
+        max_batch_delay_ms=args.max_batch_delay_ms,
         grace_seconds=args.grace,
         start_timeout_seconds=args.start_timeout,
         changelog_topic=args.changelog_topic,
