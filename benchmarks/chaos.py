@@ -18,7 +18,8 @@ partitions) and a fresh consumer group, with the same seeded fault schedule:
     seeded n) and dies at the n-th batch's point, where exactly_once has outputs and changelog records (and,
     at `before_commit`, the offsets) in a transaction not committed, and at_least_once has the outputs
     acknowledged and the checkpoint not written (`produced`) or the changelog acknowledged and the offsets not
-    committed (`before_commit`). The service does not pipeline batches, so no two are ever in flight.
+    committed (`before_commit`). With pipelining (the default) the next batch may be scored, not delivered, at
+    that moment: it is consumed again after the restart.
   - one broker stop (SIGTERM, data kept; the feeder pauses) and start, `--outage` seconds apart;
   - a second instance B (`--transactional-id <group>-b`) joins the group, and later leaves it (SIGTERM).
   Recovery from a fault: from the fault (the kill, the broker answering again, B started, B's SIGTERM) until
