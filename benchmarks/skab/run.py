@@ -61,7 +61,7 @@ def run_engine(files: list[SkabFile], config: DetectorConfig, model: str, isolat
         "config": harness_config(config).model_dump(),
         "headline": "alert",
         "variants": variants,
-        "ranking": test_ranking(files, outs),
+        "ranking": test_part_ranking(files, outs),
         "diagnostics": diagnose(files, outs),
         "scoring_seconds": seconds,
         "rows": int(sum(len(f) for f in files)),
@@ -70,7 +70,7 @@ def run_engine(files: list[SkabFile], config: DetectorConfig, model: str, isolat
     return record, outs
 
 
-def test_ranking(files: list[SkabFile], outs: list[EngineOutput]) -> dict[str, float]:
+def test_part_ranking(files: list[SkabFile], outs: list[EngineOutput]) -> dict[str, float]:
     """ROC-AUC and top ties of the per-row score (and surprise) over every file's test part, pooled."""
     label = np.concatenate([f.anomaly[TRAIN_ROWS:] for f in files])
     out = ranking("score", np.concatenate([o.score[TRAIN_ROWS:] for o in outs]), label)
