@@ -28,6 +28,7 @@ from detector.config import DetectorConfig
 from detector.errors import ModelError
 from detector.model.learning import OnlineLearner
 from detector.model.networks import Network
+from detector.model.versions import WeightsVersion
 from detector.scoring.causes import Cause
 from detector.state.codec import StateCodec
 from detector.state.pool import Rows, StatePool
@@ -85,6 +86,7 @@ class StepResult:
     anomalous: the reading crossed the threshold (after warm-up).
     alerting: the sensor's alert is open after this row.
     events: alert raise/clear events, in input order.
+    weights_version: the version of the weights that scored the batch (`Engine.weights_version`).
     """
 
     sensor_ids: list[str]
@@ -100,6 +102,7 @@ class StepResult:
     target_ts: np.ndarray
     seen: np.ndarray
     delay: int = 0
+    weights_version: int = 0
 
     def __len__(self) -> int:
         return len(self.sensor_ids)
@@ -141,8 +144,12 @@ class Engine:
         self.pool = StatePool(network.state_size(channels), channels, config.capacity, config.initial_capacity,
                               lookahead=self.delay, correlation=self.joint, hidden_dtype=config.state_dtype,
                               fast_level=self.fast_level, season_bins=config.season_bins)
-        self.learner = OnlineLearner(network, channels, config) if config.learning == "online" else None
+        self.learner = OnlineLearner(network, channels, config, base=model_sha256) \
+            if config.learning == "online" else None
         """Online learning (`learning = "online"`), else None."""
+        self.weights_version = 0
+        """The version of the weights that score: 0 for the loaded ones, then learnt or adopted versions."""
+        self.model_sha256 = model_sha256
         self.codec = StateCodec(self.pool, model_sha256)
         self.stats = EngineStats()
         self._max_ts = -np.inf
@@ -194,6 +201,7 @@ class Engine:
             target_ts=np.full(n, np.nan),
             seen=np.full((n, self.channels), np.nan),
             delay=self.delay,
+            weights_version=self.weights_version,
         )
         self._check_stateless(result, values)
         accepted = np.flatnonzero(status == SCORED)
@@ -218,14 +226,27 @@ class Engine:
         if len(result.events) > 1:
             result.events.sort(key=lambda e: e.ts)
         self._sweep_idle()
-        if self.learner is not None:
-            self.learner.update(self.network)  # between batches: the next one is scored with the new weights
+        if self.learner is not None and self.learner.update(self.network):
+            self.weights_version = self.learner.version  # between batches: the next one scores with them
         return result
 
-    @property
-    def weights_version(self) -> int:
-        """0 for the loaded weights; online learning adds one per update."""
-        return self.learner.version if self.learner is not None else 0
+    def adopt(self, weights: WeightsVersion) -> None:
+        """Score from the next batch on with `weights` (call between steps); ModelError if they do not fit.
+
+        The sensors' hidden states are kept (see detector/model/learning.py); the learner goes on from them.
+        """
+        weights.check(self.network, self.model_sha256, self.channels)
+        self.network.load_state_dict(weights.tensors)
+        self.weights_version = weights.version
+        if self.learner is not None:
+            self.learner.adopt(weights)
+
+    def take_learned(self) -> WeightsVersion | None:
+        """A publishing learner's newest version not yet taken (see `OnlineLearner.publish`), else None."""
+        if self.learner is None or self.learner.published is None:
+            return None
+        weights, self.learner.published = self.learner.published, None
+        return weights
 
     def _check_stateless(self, result: StepResult, values: np.ndarray) -> None:
         status = result.status

@@ -14,6 +14,11 @@ objective) backpropagated through them, gradients clipped. The engine copies the
 between batches (`update`), so a batch is scored by one weights version throughout; the sensors'
 hidden states are kept across versions (a small learning rate moves the weights little per update).
 
+In the Kafka service the learner publishes instead (`publish = True`): an update leaves the engine's
+weights alone and hands a `WeightsVersion` out (`published`), which the service writes to the weights
+topic; every instance, this one included, adopts it from there (`adopt`), so a consumer group scores
+with one version. Only one instance learns at a time (`active`).
+
 Forecasters only (gru, lstm, rnn): a look-ahead or reconstruction model's targets are not the next
 reading.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +36,7 @@ import torch
 from detector.config import DetectorConfig
 from detector.errors import ModelError
 from detector.model.networks import FEATURES, Network, masked_nll
+from detector.model.versions import WeightsVersion
 
 MIN_TARGETS = 32
 """An update needs at least this many forecasts that may be learnt from; fewer and it waits."""
@@ -51,7 +58,7 @@ class OnlineLearner:
     """Learns the shared weights from a tracked sample of the stream; see the module docstring."""
 
     def __init__(self, network: Network, channels: int, config: DetectorConfig, window: int = 64, burn_in: int = 32,
-                 clip: float = 1.0) -> None:
+                 clip: float = 1.0, base: str = "") -> None:
         if network.target_offset != 1:
             raise ModelError(f"learning = online needs a forecaster (gru, lstm, rnn), not {network.architecture}: "
                              "set learning = off for this model")
@@ -67,8 +74,15 @@ class OnlineLearner:
         self.lanes_used = 0
         self.pending = 0
         self.version = 0
-        """Weights version: 0 for the loaded weights, +1 for each update applied."""
+        """Weights version: 0 for the loaded weights, +1 for each update (from the newest version adopted)."""
         self.stats = LearningStats()
+        self.base = base  # the loaded model's weights hash, stamped on published versions
+        self.writer = uuid.uuid4().hex[:12]
+        self.publish = False
+        """Hand each update out as `published` instead of loading it into the engine's network."""
+        self.active = True
+        """Whether updates run (readings are buffered either way, so a learner that becomes active has a buffer)."""
+        self.published: WeightsVersion | None = None
 
     def observe(self, slots: np.ndarray, inputs: np.ndarray, reset: np.ndarray, keep: np.ndarray) -> None:
         """One wave's readings (each sensor at most once): pool `slots`, the network's `inputs` [n, C, 2], which rows
@@ -100,6 +114,9 @@ class OnlineLearner:
         engine scores with); True if its weights changed."""
         if not self.lanes_used or self.pending < self.every * self.lanes_used:
             return False
+        if not self.active:
+            self.pending = 0
+            return False
         started = time.perf_counter()
         self.pending = 0
         used = slice(0, self.lanes_used)
@@ -121,11 +138,20 @@ class OnlineLearner:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
             self.opt.step()
-            network.load_state_dict(self.net.state_dict())
             self.version += 1
+            if self.publish:
+                self.published = WeightsVersion.of(self.net, self.version, self.base, self.channels, self.writer)
+            else:
+                network.load_state_dict(self.net.state_dict())
             self.stats.updates += 1
             self.stats.last_loss = float(loss.detach())
         else:
             self.stats.skipped += 1
         self.stats.seconds += time.perf_counter() - started
-        return changed
+        return changed and not self.publish
+
+    def adopt(self, weights: WeightsVersion) -> None:
+        """Go on learning from `weights` (another learner's version); the next version numbered after it."""
+        if weights.writer != self.writer:
+            self.net.load_state_dict(weights.tensors)
+        self.version = max(self.version, weights.version)
