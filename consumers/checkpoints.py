@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -43,7 +41,7 @@ from consumers.logs import error_text, partitions_text
 from consumers.metrics import PREFIX, ArrayHistogram
 from consumers.outputs import Output
 from consumers.ownership import Ownership
-from consumers.waits import bounded
+from consumers.topics import ensure_compacted
 
 if TYPE_CHECKING:
     from detector.engine import Engine
@@ -110,73 +108,17 @@ async def ensure_changelog(config: ServiceConfig) -> int:
     """Create the compacted changelog topic if it is missing; returns its partition count.
 
     Partitions: the most of any input topic's (changelog partition p mirrors input partition p).
-    A topic it creates is waited for until each partition has a leader, at most `broker_wait_seconds`
-    (`BrokerWaitTimeout`: the service retries the connect). Only topics that exist are described: aiokafka's `describe_topics` is a Metadata request that
-    lets the broker auto-create a missing topic (`auto.create.topics.enable`, on by default), which
-    would make the changelog an ordinary topic with `cleanup.policy=delete`.
     """
-    admin = AIOKafkaAdminClient(**config.kafka_client_kwargs())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        named = [t for t in (*config.input_topics, config.changelog_name) if t in existing]
-        described = await admin.describe_topics(named) if named else []
-        parts: dict[str, int] = {}
-        for t in described:
-            if t.get("error_code", 0) == 0:
-                parts[t["topic"]] = len(t.get("partitions", []))
-        wanted = max([parts.get(t, 0) for t in config.input_topics] + [1])
-        have = parts.get(config.changelog_name, 0)
-        if have:
-            if have < wanted:
-                log.warning("changelog topic %s has %d partitions, fewer than the input's %d: the sensors of input "
-                            "partitions >= %d are not checkpointed", config.changelog_name, have, wanted, have)
-            await _warn_unless_compacted(admin, config.changelog_name)
-            return have
-        try:
-            await admin.create_topics([NewTopic(
-                config.changelog_name, wanted, config.changelog_replication_factor,
-                topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
-            )])
-            log.info("created the compacted changelog topic %s with %d partition(s)", config.changelog_name, wanted)
-            await bounded(_leaders_elected(admin, config.changelog_name, wanted),
-                          f"leaders of the new changelog topic {config.changelog_name}'s {wanted} partition(s)",
-                          config.broker_wait_seconds)
-        except TopicAlreadyExistsError:  # made meanwhile (another instance, or just before our metadata saw it)
-            await _warn_unless_compacted(admin, config.changelog_name)
-        return wanted
-    finally:
-        await admin.close()
+    def inputs(parts: dict[str, int]) -> int:
+        return max([parts.get(t, 0) for t in config.input_topics] + [1])
 
-
-async def _leaders_elected(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
-    """Return once each of a new topic's `partitions` has a leader (retrying the metadata every 0.2 s).
-
-    A topic exists before its partitions have leaders; a first batch that writes to one without would
-    wait, silently, for aiokafka's request timeout (40 s) and fail with NotLeaderForPartitionError.
-    """
-    while True:
-        described = await admin.describe_topics([topic])
-        parts = described[0].get("partitions", []) if described and described[0].get("error_code") == 0 else []
-        if len(parts) >= partitions and all(p.get("leader", -1) >= 0 for p in parts):
-            return
-        await asyncio.sleep(0.2)
-
-
-async def _warn_unless_compacted(admin: AIOKafkaAdminClient, topic: str) -> None:
-    """Log a warning if an existing changelog topic is not compacted (its old states are deleted, it grows)."""
-    try:
-        response = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        error_code, _message, _type, _name, entries = response[0].resources[0][:5]
-    except (KafkaError, IndexError) as exc:  # no DescribeConfigs ACL, say: nothing to check with
-        log.debug("cannot read the configuration of %s: %s", topic, exc)
-        return
-    policy = next((value for name, value, *_ in entries if name == "cleanup.policy"), None)
-    if error_code == 0 and policy is not None and "compact" not in policy.split(","):
-        log.warning("changelog topic %s has cleanup.policy=%s, not compact: sensor states older than its retention "
-                    "are deleted (those sensors restore fresh) and it keeps every version until then. Set "
-                    "cleanup.policy=compact on it (kafka-configs.sh --alter --entity-type topics --entity-name %s "
-                    "--add-config cleanup.policy=compact)", topic, policy, topic)
+    parts = await ensure_compacted(config, config.changelog_name, inputs, config.changelog_replication_factor,
+                                   describe=config.input_topics)
+    have, wanted = parts[config.changelog_name], inputs(parts)
+    if have < wanted:
+        log.warning("changelog topic %s has %d partitions, fewer than the input's %d: the sensors of input "
+                    "partitions >= %d are not checkpointed", config.changelog_name, have, wanted, have)
+    return have
 
 
 @dataclass

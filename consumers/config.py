@@ -152,7 +152,12 @@ class ServiceConfig(Settings):
                     "(`hiddenstate.changelog` with the default group). Created compacted if missing.",
     )
     changelog_replication_factor: int = Field(
-        1, ge=1, description="Replication factor used when the service creates the changelog topic.",
+        1, ge=1, description="Replication factor used when the service creates the changelog or weights topic.",
+    )
+    weights_topic: str | None = Field(
+        None, min_length=1,
+        description="With learning = online: the compacted topic of the group's learnt weights versions "
+                    "(docs/models.md); None = `<group_id>.weights`. Created compacted if missing.",
     )
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         "at_least_once",
@@ -250,10 +255,6 @@ class ServiceConfig(Settings):
         if self.detector.channels is not None and self.detector.channels > self.max_channels:
             raise ValueError(f"detector.channels {self.detector.channels} exceeds max_channels {self.max_channels}: "
                              f"raise max_channels")
-        if self.detector.learning == "online":
-            raise ValueError("learning = online is not supported by serve yet: each instance would learn its own"
-                             " weights from its own partitions; set learning = off (online learning runs in replay"
-                             " and the Python API, docs/models.md)")
         if self.broker_probe_seconds >= self.broker_stale_seconds:
             raise ValueError("broker_probe_seconds must be shorter than broker_stale_seconds")
         if self.retry_initial_seconds > self.retry_max_seconds:
@@ -261,6 +262,8 @@ class ServiceConfig(Settings):
         outputs = {self.scores_topic, self.alerts_topic, self.dead_letter_topic}
         if self.checkpoints_enabled:
             outputs.add(self.changelog_name)
+        if self.learning:
+            outputs.add(self.weights_name)
         if outputs & set(self.input_topics):
             raise ValueError("an output topic cannot also be an input topic")
         if self.channel_names is not None:
@@ -285,6 +288,16 @@ class ServiceConfig(Settings):
     def changelog_name(self) -> str:
         """The changelog topic: `changelog_topic`, or `<group_id>.changelog`."""
         return self.changelog_topic or f"{self.group_id}.changelog"
+
+    @property
+    def learning(self) -> bool:
+        """Whether the group learns its weights online (`detector.learning`): versions go through `weights_name`."""
+        return self.detector.learning == "online"
+
+    @property
+    def weights_name(self) -> str:
+        """The weights topic: `weights_topic`, or `<group_id>.weights`."""
+        return self.weights_topic or f"{self.group_id}.weights"
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
         """Connection and security keyword arguments shared by aiokafka's consumer and producer."""
@@ -340,6 +353,7 @@ class ServiceConfig(Settings):
             f"threshold={self.detector.threshold} "
             f"changelog={self.changelog_name if self.checkpoints_enabled else 'off'} "
             f"guarantee={self.processing_guarantee} "
+            f"learning={f'online weights={self.weights_name}' if self.learning else 'off'} "
             f"metrics={f'{self.metrics_address}:{self.metrics_port}' if self.metrics_enabled else 'off'}"
         )
 

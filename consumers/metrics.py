@@ -115,6 +115,7 @@ class ServiceSnapshot:
     last_broker_contact: float | None  # unix time of the last successful broker round trip
     ready: bool
     last_poll: float | None  # unix time of the processing loop's last poll (None: not running)
+    weights_version: int = 0  # `Engine.weights_version`: 0 for the loaded model's weights
 
 
 class ArrayHistogram(Collector):
@@ -300,6 +301,8 @@ class _ServiceCollector(Collector):
         # liveness and readiness, as numbers
         yield _gauge("ready", "1 if /readyz answers 200 (partitions assigned, broker reachable), else 0.",
                      1 if s.ready else 0)
+        yield _gauge("weights_version", "Version of the weights scoring (0: the loaded model's; learning = online "
+                     "adopts the group's learnt versions).", s.weights_version)
         beat = s.last_poll
         if beat is not None:
             yield _gauge("last_poll_timestamp_seconds",

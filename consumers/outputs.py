@@ -101,12 +101,12 @@ class OutputBuilder:
             columns = _per_message(messages, decoded, result, scored, self.names)
         else:
             columns = _per_reading(messages, decoded, result, scored, self.names)
-        topic, model_id, delay = self.config.scores_topic, self.model_id, result.delay
+        topic, model_id, delay, version = self.config.scores_topic, self.model_id, result.delay, result.weights_version
         outputs = []
         for sensor, ts, score, surprise, anomalous, alerting, expected, seen, headers in zip(*columns):
             doc = {"sensor_id": sensor, "ts": ts, "score": score, "surprise": surprise, "anomalous": anomalous,
-                   "alerting": alerting,
-                   "expected": expected, "values": seen, "model": model_id}
+                   "alerting": alerting, "expected": expected, "values": seen, "model": model_id,
+                   "weights_version": version}
             if delay:
                 doc["delay"] = delay
             outputs.append(Output(topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
@@ -130,7 +130,7 @@ class OutputBuilder:
             if names and event.channel_name is None and event.channel < len(names):
                 event = dataclasses.replace(event, channel_name=names[event.channel])
             doc = event.as_dict()
-            doc["model"] = self.model_id
+            doc["model"], doc["weights_version"] = self.model_id, result.weights_version
             headers = [("alert_id", event.alert_id.encode()), ("kind", event.kind.value.encode())]  # the dedup key
             if i is not None:
                 headers += source_headers(messages[decoded.message[i]], int(decoded.index[i]))

@@ -69,6 +69,7 @@ from consumers.metrics import Checks, HttpEndpoints, ServiceMetrics, ServiceSnap
 from consumers.outputs import Output, OutputBuilder
 from consumers.ownership import Ownership, RebalanceListener
 from consumers.waits import bounded
+from consumers.weights import WeightsTopic
 from detector.engine import Engine, StepResult
 from detector.model.store import Model, load_model
 from detector.readings.reasons import SCORED
@@ -132,6 +133,7 @@ class ScoringService:
         self.checkpoints = Checkpointer(config, self.ownership, self.metrics.registry, self.decoder.names)
         self.checkpoint_stats = self.checkpoints.stats
         self.checkpoint_metrics = self.checkpoints.metrics
+        self.weights = WeightsTopic(config, self.metrics.registry) if config.learning else None  # consumers/weights.py
 
     # --- lifecycle ------------------------------------------------------------------
     @property
@@ -187,6 +189,8 @@ class ScoringService:
                 await consumer.start()
                 if cfg.checkpoints_enabled:
                     await self.checkpoints.open()
+                if self.weights is not None:
+                    await self.weights.open()
             except (KafkaError, BrokerWaitTimeout) as exc:
                 await quietly_stop(consumer, producer)
                 refused = await diagnose(cfg)  # TLS trust, client certificate, SASL credentials: retrying cannot help
@@ -224,6 +228,8 @@ class ScoringService:
         self._stop.set()  # not ready from here on
         try:
             await self.delivery.flush()
+            if self.weights is not None:
+                await self.weights.close()
             await quietly_stop(self.consumer, self.delivery.producer)
         finally:
             self.monitor.assign(None)
@@ -257,6 +263,7 @@ class ScoringService:
             pool=engine.pool if engine is not None else None, capacity=self.config.detector.capacity,
             assigned=monitor.assigned, lag=monitor.lag, last_broker_contact=monitor.broker_ok_wall,
             ready=self.readiness()[0], last_poll=monitor.last_poll_time,
+            weights_version=engine.weights_version if engine is not None else 0,
         )
 
     def _start_observability(self) -> None:
@@ -358,6 +365,8 @@ class ScoringService:
             return None
         metrics.batch_messages.observe(len(messages))
         decoded = self._decode(messages)
+        if self.weights is not None and self.engine is not None:  # a batch boundary: the version this batch scores with
+            self.weights.sync(self.engine)
         self.stats.messages += len(messages)
         self.stats.consumed += len(decoded)
         stepped = time.perf_counter()
@@ -562,6 +571,8 @@ class ScoringService:
                 if new:
                     await self.checkpoints.restore(self.consumer, self.engine, new)
             self.ownership.held = set(assigned)
+            if self.weights is not None:
+                self.weights.assigned(set(assigned))
             self.stats.rebalances += 1
             self.monitor.assign(assigned)  # and measure the lag of the new partitions now
             log.info("assigned partitions: %s; dropped the state of %d sensor(s) on partitions now elsewhere",

@@ -227,16 +227,18 @@ def test_dashboard_has_a_datasource_variable_and_uses_it_everywhere():
         assert needle in text
 
 
-def _service_exposition() -> str:
+def _service_exposition(learning: str = "off") -> str:
     """The exposition of a service that never connected: every family is there, labelled ones partly."""
-    cfg = ServiceConfig(metrics_port=0, detector=DetectorConfig(channels=1))
+    cfg = ServiceConfig(metrics_port=0, detector=DetectorConfig(channels=1, learning=learning))
     return ScoringService(cfg, untrained(8, 1)).metrics.exposition().decode()
 
 
 def test_every_exported_metric_is_documented_and_every_documented_one_exported():
     doc = METRICS_DOC.read_text()
     exported = {}
-    for family in text_string_to_metric_families(_service_exposition()):
+    families = [*text_string_to_metric_families(_service_exposition()),
+                *text_string_to_metric_families(_service_exposition("online"))]  # + the online learning families
+    for family in families:
         name = family.name
         if family.type == "counter":
             name += "_total"
@@ -245,7 +247,8 @@ def test_every_exported_metric_is_documented_and_every_documented_one_exported()
         exported[name] = family.type
     # families that appear only once there is something to report
     exported.update({"hiddenstate_consumer_lag_messages": "gauge", "hiddenstate_last_poll_timestamp_seconds": "gauge",
-                     "hiddenstate_broker_last_contact_timestamp_seconds": "gauge"})
+                     "hiddenstate_broker_last_contact_timestamp_seconds": "gauge",
+                     "hiddenstate_weights_age_seconds": "gauge"})
     rows = re.findall(r"^\|\s*`((?:hiddenstate|process|python)_\w+)`\s*\|\s*(\w+)\s*\|", doc, flags=re.M)
     documented = dict(rows)
     ours = {n: t for n, t in exported.items() if n.startswith("hiddenstate_")}

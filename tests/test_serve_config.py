@@ -62,8 +62,10 @@ def test_invalid_values_are_config_errors(tmp_path):
         load_service_config(input_topics=["t"], scores_topic="t")
     with pytest.raises(ConfigError, match="sasl_mechanism"):
         load_service_config(security_protocol="SASL_SSL")
-    with pytest.raises(ConfigError, match="learning = online is not supported by serve"):
-        load_service_config(detector=DetectorConfig(learning="online"))
+    with pytest.raises(ConfigError, match="input topic"):  # the weights topic is an output too
+        load_service_config(input_topics=["t"], weights_topic="t", detector=DetectorConfig(learning="online"))
+    learning = load_service_config(group_id="plant", detector=DetectorConfig(learning="online"))
+    assert learning.weights_name == "plant.weights" and "learning=online weights=plant.weights" in learning.summary()
     path = tmp_path / "bad.toml"
     path.write_text("[service]\nbootstrapservers = 'x'\n")
     with pytest.raises(ConfigError, match="unknown"):
