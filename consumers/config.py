@@ -291,8 +291,9 @@ class ServiceConfig(Settings):
 
     @property
     def learning(self) -> bool:
-        """Whether the group learns its weights online (`detector.learning`): versions go through `weights_name`."""
-        return self.detector.learning == "online"
+        """Whether the group learns its weights from the stream (`detector.learning` online, or `detector.fit_first`):
+        versions go through `weights_name`."""
+        return self.detector.learning == "online" or self.detector.fit_first > 0
 
     @property
     def weights_name(self) -> str:

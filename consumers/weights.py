@@ -1,12 +1,14 @@
-"""One weights version per consumer group: the learnt weights on a compacted topic (`learning = "online"`).
+"""One weights version per consumer group: the learnt weights on a compacted topic (`learning = "online"`,
+`fit_first`).
 
 The weights topic (`weights_topic`, default `<group_id>.weights`; one partition, compacted) holds
 one record per version, key = the group id, value = a `WeightsVersion` (detector/model/versions.py:
 the tensors with the base model's hash, architecture, channel count, version number, time and writer).
 
 - One instance learns: the owner of partition 0 of the first input topic (it moves with rebalances).
-  Its engine's learner publishes (`OnlineLearner.publish`): a new version does not change the
-  weights it scores with; it is written to the topic.
+  Its engine's learner and fit on the first readings publish (`OnlineLearner.publish`,
+  `HistoryFit.publish`): a new version does not change the weights it scores with; it is written to
+  the topic. A group whose topic holds a version already does not fit again.
 - Every instance, the learner included, follows the topic and adopts the newest record of its group
   at a batch boundary (`sync`), so the group scores with one version; each score record and alert
   names the version that scored it. Records that do not fit the loaded model (another base, shape or
@@ -120,8 +122,9 @@ class WeightsTopic:
     def sync(self, engine: Engine) -> None:
         """At a batch boundary (the engine not stepping): publish what its learner made, adopt the newest version."""
         self.engine = engine
-        if engine.learner is not None:
-            engine.learner.publish, engine.learner.active = True, self.learns
+        for learns in (engine.learner, engine.fitter):
+            if learns is not None:
+                learns.publish, learns.active = True, self.learns
         learned = engine.take_learned()
         if learned is not None and self._producer is not None:
             task = asyncio.create_task(self._publish(learned))

@@ -90,13 +90,16 @@ class DetectorConfig(Settings):
     learning: Literal["off", "online"] = Field(
         "off", description="online: the shared weights keep learning from the stream (truncated BPTT on a tracked"
         " sample of sensors, leaving out anomalous readings and open alerts; docs/models.md). Forecasters only; in"
-        " process (replay, the Python API), not yet in serve."
+        " serve one instance learns and the consumer group shares its versions (the weights topic)."
     )
     learning_sensors: int = Field(64, ge=1, le=4096, description="Sensors whose recent readings online learning"
                                   " learns from (the first seen; a slot freed by eviction goes to the next new one).")
     learning_every: int = Field(64, ge=1, description="Readings per tracked sensor, on average, between two updates of"
                                 " online learning.")
     learning_rate: float = Field(3e-4, gt=0, lt=1, description="Adam step size of online learning.")
+    fit_first: int = Field(0, ge=0, description="Fit the loaded model once on the first N accepted readings of the"
+                           " stream (scored with the loaded weights meanwhile), then score on with the fit (0: off;"
+                           " docs/models.md). Forecasters, encdec and bidir alike.")
 
     max_gap: float = Field(
         3600.0, gt=0, description="Seconds between readings after which a sensor's hidden state is reset."

@@ -25,7 +25,8 @@ from detector.scoring import calibration, causes, correlation, flatline, levels,
 from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
-from detector.errors import ModelError
+from detector.errors import HiddenstateError, ModelError
+from detector.model.fitting import HistoryFit
 from detector.model.learning import OnlineLearner
 from detector.model.networks import Network
 from detector.model.versions import WeightsVersion
@@ -147,6 +148,9 @@ class Engine:
         self.learner = OnlineLearner(network, channels, config, base=model_sha256) \
             if config.learning == "online" else None
         """Online learning (`learning = "online"`), else None."""
+        self.fitter = HistoryFit(channels, config) if config.fit_first else None
+        """The fit on the stream's first readings (`fit_first`) until it is done, else None."""
+        self._fitted: WeightsVersion | None = None  # a publishing fitter's fit, for `take_learned`
         self.weights_version = 0
         """The version of the weights that score: 0 for the loaded ones, then learnt or adopted versions."""
         self.model_sha256 = model_sha256
@@ -228,7 +232,30 @@ class Engine:
         self._sweep_idle()
         if self.learner is not None and self.learner.update(self.network):
             self.weights_version = self.learner.version  # between batches: the next one scores with them
+        if self.fitter is not None and self.fitter.add(*self._accepted(result, values)):
+            self._fit()
         return result
+
+    def _accepted(self, result: StepResult, values: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(result.status == SCORED)
+        return [result.sensor_ids[i] for i in rows.tolist()], result.ts[rows], values[rows]
+
+    def _fit(self) -> None:
+        """Fit on the kept readings (`fit_first`): score on with the fit, or hand it out when publishing."""
+        assert self.fitter is not None
+        fitter, version = self.fitter, max(self.weights_version, self.learner.version if self.learner else 0) + 1
+        try:
+            fitted = fitter.fit(self.network, version, self.model_sha256)
+        except HiddenstateError as exc:  # too little to fit on: score on with the loaded weights
+            log.warning("no fit on the first readings: %s; scoring on with the loaded weights", exc)
+            self.fitter = None
+            return
+        log.info("fitted on the first %d readings in %.1f s (validation NLL %.3f)", fitter.kept,
+                 fitter.metrics["fit_seconds"], fitter.metrics["val_nll"])
+        if fitter.publish:
+            self._fitted, self.fitter = fitted, None
+        else:
+            self.adopt(fitted)
 
     def adopt(self, weights: WeightsVersion) -> None:
         """Score from the next batch on with `weights` (call between steps); ModelError if they do not fit.
@@ -238,11 +265,16 @@ class Engine:
         weights.check(self.network, self.model_sha256, self.channels)
         self.network.load_state_dict(weights.tensors)
         self.weights_version = weights.version
+        self.fitter = None  # weights learnt from this stream already: no fit on its first readings
         if self.learner is not None:
             self.learner.adopt(weights)
 
     def take_learned(self) -> WeightsVersion | None:
-        """A publishing learner's newest version not yet taken (see `OnlineLearner.publish`), else None."""
+        """A publishing fit's or learner's newest version not yet taken (`HistoryFit.publish`,
+        `OnlineLearner.publish`), else None."""
+        if self._fitted is not None:
+            weights, self._fitted = self._fitted, None
+            return weights
         if self.learner is None or self.learner.published is None:
             return None
         weights, self.learner.published = self.learner.published, None

@@ -175,8 +175,8 @@ def test_end_to_end(kafka_bootstrap, model):
         doc = orjson.loads(r.value)
         assert r.key == doc["sensor_id"].encode()
         assert set(doc) == {"sensor_id", "ts", "score", "surprise", "anomalous", "alerting", "expected", "values",
-                            "model"}
-        assert doc["model"] == model.model_id and len(doc["values"]) == 1
+                            "model", "weights_version"}
+        assert doc["model"] == model.model_id and len(doc["values"]) == 1 and doc["weights_version"] == 0
         got[(doc["sensor_id"], doc["ts"])] = doc["score"]
     assert got.keys() == ref_scores.keys()
     assert max(abs(got[k] - ref_scores[k]) for k in got) < 1e-4

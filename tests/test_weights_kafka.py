@@ -170,3 +170,43 @@ def test_a_group_scores_with_one_learnt_version_and_a_restart_resumes_it(kafka_b
     assert metric(follower_text, "hiddenstate_weights_version") == newest.version
     assert metric(learner_text, "hiddenstate_weights_versions_published_total") >= 2
     assert metric(follower_text, "hiddenstate_weights_age_seconds") >= 0
+
+
+def test_fit_first_in_serve_fits_once_for_the_group_and_a_restart_does_not_fit_again(kafka_bootstrap):
+    async def scenario():
+        topics = {k: unique_name(f"t-{k}") for k in ("in", "scores", "alerts", "dlq")}
+        await create_topics(kafka_bootstrap, {topics["in"]: 1, topics["scores"]: 1, topics["alerts"]: 1,
+                                              topics["dlq"]: 1})
+        cfg = config(kafka_bootstrap, topics, unique_name("g")).model_copy(
+            update={"detector": DetectorConfig(channels=1, fit_first=2000)})
+        clock = [0]
+
+        def more(steps: int) -> list[tuple[bytes, bytes]]:
+            clock[0] += steps
+            return readings(16, range(clock[0] - steps, clock[0]))
+
+        seen = {}
+        for run in ("first", "restart"):
+            service = ScoringService(cfg, load_model("gru-default"))
+            await service.start()
+            task = asyncio.create_task(service.run())
+            await produce(kafka_bootstrap, topics["in"], more(200 if run == "first" else 2))
+
+            async def adopted(s=service):
+                return s.engine is not None and s.engine.weights_version == 1
+
+            async def tick():
+                await produce(kafka_bootstrap, topics["in"], more(1))
+            await until(adopted, f"{run}: the fit was not adopted", tick=tick)
+            seen[run] = (service.engine.fitter, service.weights.stats.published)
+            service.request_stop()
+            await task
+            await service.close()
+        newest = await newest_on_topic(kafka_bootstrap, cfg.weights_name)
+        records = (await end_offsets(kafka_bootstrap, cfg.weights_name))[0]
+        return seen, newest, records
+
+    seen, newest, records = asyncio.run(scenario())
+    assert newest.version == 1 and newest.writer.startswith("fit-") and records == 1  # one fit, written once
+    assert seen["first"] == (None, 1)
+    assert seen["restart"] == (None, 0)  # the restarted instance took the group's fit, and fitted nothing

@@ -20,6 +20,9 @@ def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--capacity", type=int, help="most sensors held in memory")
     group.add_argument("--learning", choices=["off", "online"],
                        help="online: the shared weights keep learning from the stream (default off; docs/models.md)")
+    group.add_argument("--fit-first", type=int, metavar="N",
+                       help="fit the model once on the first N readings of the stream, then score on with the fit "
+                            "(default 0: off; docs/models.md)")
     group.add_argument("--views", metavar="VIEW[,VIEW...]",
                        help="scoring views that run: forecast, level, stuck, correlation (default forecast,level,stuck)")
 
@@ -38,5 +41,6 @@ def config_from_args(args: argparse.Namespace, **extra: object) -> DetectorConfi
         capacity=args.capacity,
         views=args.views,
         learning=args.learning,
+        fit_first=args.fit_first,
         **extra,
     )

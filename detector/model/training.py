@@ -218,13 +218,15 @@ def train(
     groups: np.ndarray | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    initial: Network | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Train the network `config` describes on prepared lanes; returns the model and its metrics.
 
     x [lanes, T, 2] and y [lanes, T] (zero-padded); lengths: valid steps per lane (default all T);
     groups: the sensor of each lane, so a sensor's channels land on the same side of the validation
     split (default: each lane its own). checkpoint: file written after every epoch; with `resume`,
-    training continues from it (it must come from the same config and data).
+    training continues from it (it must come from the same config and data). initial: start from this network
+    (trained in place; its architecture, not config's, is what is fitted) instead of a fresh one.
     """
     cb = callbacks or Callbacks()
     lanes_total, steps_total = x.shape[:2]
@@ -234,7 +236,7 @@ def train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     val, tr = _split(groups, config.val_fraction, rng)
-    net = network_from_config(config)
+    net = network_from_config(config) if initial is None else initial.train()
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
     lt = torch.from_numpy(lengths)
