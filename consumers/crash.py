@@ -16,6 +16,8 @@ Points (marked in `consumers/service.py`; in `delivery.py` for a transaction, in
 - `before_commit`: at_least_once: outputs and changelog acknowledged, offsets not committed;
   exactly_once: the offsets are in the open transaction too, it is not committed (mid-transaction);
 - `committed`: the offsets (or the transaction) committed, before the next poll;
+- `two_in_flight`: the next batch scored (outputs and changelog records built) while this one's delivery
+  has not ended (reached only when it is still in flight: pipelining, docs/service.md);
 - `restoring`: on assignment, the changelog has been read, no state imported and no position moved.
 
 A malformed value raises `ValueError` when this module is imported (the service does not start):
@@ -29,7 +31,7 @@ import os
 import signal
 import sys
 
-POINTS = ("scored", "produced", "before_commit", "committed", "restoring")
+POINTS = ("scored", "produced", "before_commit", "committed", "two_in_flight", "restoring")
 ENV = "HIDDENSTATE_CRASH_AT"
 
 log = logging.getLogger("hiddenstate.serve")

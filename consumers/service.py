@@ -344,6 +344,8 @@ class ScoringService:
         polled_at = time.perf_counter() if polled_at is None else polled_at
         async with self._lock:
             batch = await self._prepare(records, polled_at)
+            if batch is not None and self._in_flight is not None and not self._in_flight.done():
+                crash_point("two_in_flight")  # this batch scored, the previous one not yet delivered and committed
             if not await self._drain(also=batch):
                 return  # the previous batch's transaction failed: this one was scored on state now rolled back
             if batch is None:

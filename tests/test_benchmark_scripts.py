@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kafka_broker import kafka_bootstrap  # noqa: F401 - a fixture
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 
@@ -86,3 +88,24 @@ def test_chaos_schedule_is_seeded_and_its_counts_find_missing_and_duplicates():
     assert counts["duplicate_scores"] == 1 and counts["episodes"] == 1
     assert counts["duplicate_raises"] == 1 and counts["duplicate_clears"] == 0
     assert counts["dead_letter_reasons"] == {"duplicate": 1}
+
+
+def test_latency_benchmark_smoke_run_measures_each_setting_it_names(request, tmp_path):
+    """benchmarks/latency.py on the test broker: one rate of the curve, two delays and pipelining off."""
+    bootstrap = request.getfixturevalue("kafka_bootstrap")  # skips (or fails) without a broker, as Kafka tests do
+    cmd = [sys.executable, str(BENCH / "latency.py"), "--quick", "--rates", "1000", "--delays", "0,5",
+           "--delay-rates", "1000", "--bootstrap", bootstrap, "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    res = json.loads((tmp_path / "latency.json").read_text())
+    (point,) = res["curve"]
+    assert point["rate"] == 1000 and point["pipelining"] is True
+    settings = [(r["pipelining"], r["max_batch_delay_ms"]) for r in res["runs"]]
+    assert settings == [(True, 0), (True, 5), (False, point["max_batch_delay_ms"])]  # the service ran with each
+    for r in [point, *res["runs"]]:
+        assert r["missing"] == 0 and r["measured"] > 0, r
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+    assert len(res["delays"]) == 3 and res["lowest_p99_delay_ms"] in (0, 5)
+    text = (tmp_path / "latency.md").read_text()
+    assert "| 1,000 | off | – |" in text and f"| 1,000 | {point['achieved_rate']:,.0f}" in text
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"

@@ -190,19 +190,23 @@ async def _committed_total(bootstrap: str, group: str, topic: str) -> int:
     return sum((await wait_committed(bootstrap, group, topic, {}, predicate=lambda c: True)).values())
 
 
-# The kills of test_crash_at_every_step_loses_nothing, one process each, in this order: the five crash points of
+# The kills of test_crash_at_every_step_loses_nothing, one process each, in this order: the six crash points of
 # consumers/crash.py (the n-th arrival; `restoring:1` is the restore at start of a process whose predecessor
-# checkpointed), then one kill -9 from outside at a point of the broker's timing (committed offsets >= the
-# number given, counted from the committed offsets at the start of that process).
-CRASHES = ["scored:8", "produced:8", "restoring:1", "before_commit:8", "committed:8", "external:300"]
+# checkpointed; `two_in_flight:3` the third batch scored while the one before it was still being delivered, which
+# the backlog of a stream produced in advance makes happen from the second batch on), then one kill -9 from outside
+# at a point of the broker's timing (committed offsets >= the number given, counted from the committed offsets at
+# the start of that process).
+CRASHES = ["scored:8", "produced:8", "restoring:1", "before_commit:8", "committed:8", "two_in_flight:3",
+           "external:300"]
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_crash_at_every_step_loses_nothing(kafka_bootstrap, model, model_dir, tmp_path, guarantee):
     """SIGKILL `hiddenstate serve` at each step of a batch (and once from outside), restarting it each time.
 
-    One stream, seven processes: six die (CRASHES), the last reads to the end. exactly_once includes two
-    kills inside an open transaction (`produced`, `before_commit`).
+    One stream, eight processes: seven die (CRASHES), the last reads to the end. exactly_once includes two
+    kills inside an open transaction (`produced`, `before_commit`), and both guarantees one with two batches in
+    flight (`two_in_flight`: one scored, the one before it not yet committed).
     At-least-once: every input offset is scored (or dead-lettered) at least once, every score equals the
     uninterrupted run's within 1e-5, and the alert episodes after de-duplication are exactly the uninterrupted
     run's. Exactly-once, read with read_committed: every input offset scored exactly once, each alert event
