@@ -232,13 +232,9 @@ class Engine:
         self._sweep_idle()
         if self.learner is not None and self.learner.update(self.network):
             self.weights_version = self.learner.version  # between batches: the next one scores with them
-        if self.fitter is not None and self.fitter.add(*self._accepted(result, values)):
+        if self.fitter is not None and self.fitter.add(result.sensor_ids, result.ts, values, result.status == SCORED):
             self._fit()
         return result
-
-    def _accepted(self, result: StepResult, values: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
-        rows = np.flatnonzero(result.status == SCORED)
-        return [result.sensor_ids[i] for i in rows.tolist()], result.ts[rows], values[rows]
 
     def _fit(self) -> None:
         """Fit on the kept readings (`fit_first`): score on with the fit, or hand it out when publishing."""

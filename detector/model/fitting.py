@@ -48,14 +48,18 @@ class HistoryFit:
         """Whether this detector fits (the Kafka service: only the learning instance)."""
         self.metrics: dict = {}
 
-    def add(self, ids: list[str], ts: np.ndarray, values: np.ndarray) -> bool:
-        """Keep accepted readings until `fit_first` are kept; True once they are and this detector fits."""
-        take = min(len(ids), self.readings - self.kept)
-        if take > 0:
-            self._ids.extend(ids[:take])
-            self._ts.append(np.array(ts[:take], dtype=np.float64))
-            self._values.append(np.array(values[:take], dtype=np.float64))
-            self.kept += take
+    def add(self, ids: list[str], ts: np.ndarray, values: np.ndarray, accepted: np.ndarray) -> bool:
+        """Keep a batch's `accepted` rows until `fit_first` are kept; True once they are and this detector fits.
+
+        Once they are kept, a batch costs nothing here (a follower in the service keeps its fitter until the
+        group's fit arrives).
+        """
+        if self.kept < self.readings:
+            rows = np.flatnonzero(accepted)[:self.readings - self.kept]
+            self._ids.extend(ids[i] for i in rows.tolist())
+            self._ts.append(ts[rows].astype(np.float64))
+            self._values.append(values[rows].astype(np.float64))
+            self.kept += rows.size
         return self.active and self.kept >= self.readings
 
     def fit(self, network: Network, version: int, base: str) -> WeightsVersion:
