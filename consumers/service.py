@@ -70,7 +70,7 @@ from consumers.outputs import Output, OutputBuilder
 from consumers.ownership import Ownership, RebalanceListener
 from consumers.waits import bounded
 from detector.engine import Engine, StepResult
-from detector.model.store import Model, load_model
+from detector.model.store import Model, check_channel_names, load_model
 from detector.readings.reasons import SCORED
 from detector.version import __version__
 
@@ -106,6 +106,7 @@ class ScoringService:
     def __init__(self, config: ServiceConfig, model: Model | None = None) -> None:
         self.config = config
         self.model = model if model is not None else load_model(config.detector.model)
+        check_channel_names(self.model, config.channel_names, "the service's channel_names")  # joint-gru's set
         self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes,
                                config.max_readings_per_message, max_key_bytes=config.max_key_bytes,
                                max_channels=config.max_channels, sensor_id_pattern=config.sensor_id_pattern,

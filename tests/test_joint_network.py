@@ -265,3 +265,15 @@ def test_a_broken_relation_is_seen_by_the_joint_model_and_named_on_its_channel(c
             assert raised and all(e.channel == 1 for e in raised), raised
             assert T0 + 60.0 * 300 <= raised[0].ts < T0 + 60.0 * 320
     assert peak["joint"] > 2 * peak["single"], peak
+
+
+def test_the_service_refuses_configured_channel_names_that_are_not_the_models():
+    from consumers.config import ServiceConfig
+    from consumers.service import ScoringService
+
+    model = _joint()
+    model.meta["channel_names"] = ["a", "b", "c"]
+    config = dict(metrics_port=0, detector=DetectorConfig(channels=3))
+    assert ScoringService(ServiceConfig(channel_names=["a", "b", "c"], **config), model).engine is not None
+    with pytest.raises(ModelError, match="channel_names has channels"):
+        ScoringService(ServiceConfig(channel_names=["c", "b", "a"], **config), model)
