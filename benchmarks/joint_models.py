@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, shuffles and weights (default 0)")
     p.add_argument("--only", choices=["skab", "asd"], help="one data set only")
     args = p.parse_args(argv)
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             rc = hiddenstate(["train", *map(str, files), "--arch", arch, "--hidden", str(args.hidden),
                               "--epochs", str(args.epochs), "--patience", str(args.patience),
-                              "--val-fraction", str(val_fraction), "--seed", "0", "--out", str(out),
+                              "--val-fraction", str(val_fraction), "--seed", str(args.seed), "--out", str(out),
                               "--name", f"{name}-{arch}"])
             if rc:
                 return rc
