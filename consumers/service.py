@@ -71,7 +71,7 @@ from consumers.ownership import Ownership, RebalanceListener
 from consumers.waits import bounded
 from consumers.weights import WeightsTopic
 from detector.engine import Engine, StepResult
-from detector.model.store import Model, load_model
+from detector.model.store import Model, check_channel_names, load_model
 from detector.readings.reasons import SCORED
 from detector.version import __version__
 
@@ -107,6 +107,7 @@ class ScoringService:
     def __init__(self, config: ServiceConfig, model: Model | None = None) -> None:
         self.config = config
         self.model = model if model is not None else load_model(config.detector.model)
+        check_channel_names(self.model, config.channel_names, "the service's channel_names")  # joint-gru's set
         self.decoder = Decoder(config.detector.channels, config.channel_names, config.max_message_bytes,
                                config.max_readings_per_message, max_key_bytes=config.max_key_bytes,
                                max_channels=config.max_channels, sensor_id_pattern=config.sensor_id_pattern,
@@ -463,9 +464,7 @@ class ScoringService:
             return None
         ids = [decoded.sensor_ids[i] for i in rows.tolist()]
         # the network step is CPU work: keep the event loop (heartbeats, fetches) responsive
-        result = await asyncio.to_thread(
-            self.engine.step, ids, decoded.ts[rows], decoded.values[rows], decoded.status[rows]
-        )
+        result = await asyncio.to_thread(self.engine.step, ids, decoded.ts[rows], decoded.values[rows], decoded.status[rows])
         self.decoder.names.bind(decoded.bindings)  # the sensors that took channel names now have state to keep them
         return result
 

@@ -28,6 +28,7 @@ from detector.config import DetectorConfig
 from detector.api import Detector
 from detector.engine import EngineStats
 from detector.errors import InputFileError
+from detector.model.store import check_channel_names
 from detector.readings.files import Readings, read_readings
 from detector.readings.reasons import SCORED, RejectReason
 
@@ -153,6 +154,7 @@ def replay_files(
     # `is None`, not truthiness: a Detector holding no sensors yet has len 0
     _check_channels(files, (detector.config if detector is not None else config or DetectorConfig()).channels)
     det = detector if detector is not None else Detector(config=config)
+    check_channel_names(det.model, files[0].channel_names, files[0].source)  # a joint model's fixed channel set
     channels = files[0].channels
 
     reordered = 0

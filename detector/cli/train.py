@@ -27,7 +27,7 @@ from detector.config import load_config
 from detector.errors import ConfigError, InputFileError
 from detector.model.store import CARD, save_model
 from detector.model.networks import ACTIVATIONS
-from detector.model.training import Callbacks, EpochReport, TrainConfig, pad_lanes, prepare, train
+from detector.model.training import Callbacks, EpochReport, TrainConfig, pad_lanes, prepare, prepare_joint, train
 from detector.settings import load_settings
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,6 +40,8 @@ SUMMARIES = {
     "rnn": "Standard RNN ({activation}) forecaster with Gaussian head, channel-independent, shared across sensors",
     "encdec": "Encoder-decoder GRU reconstructing the current reading from the last {window}, shared across sensors",
     "bidir": "Bidirectional GRU scoring each reading after {lookahead} more, shared across sensors",
+    "joint-gru": "GRU forecaster over all {channels} channels of a sensor at once, with a Gaussian head per channel, "
+                 "shared across sensors with these channels",
 }
 
 
@@ -53,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file: its [train] table (flags win, then "
                         "HIDDENSTATE_TRAIN_* variables) and the [detector] norm_window the engine will use")
     arch = parser.add_argument_group("network")
-    arch.add_argument("--arch", choices=["gru", "lstm", "rnn", "encdec", "bidir"],
-                      help="architecture (default gru)")
+    arch.add_argument("--arch", choices=["gru", "lstm", "rnn", "encdec", "bidir", "joint-gru"],
+                      help="architecture (default gru); joint-gru reads all of a sensor's channels at once and "
+                      "is fixed to the training data's channels")
     arch.add_argument("--activation", choices=ACTIVATIONS, help="rnn activation (default tanh)")
     arch.add_argument("--negative-slope", type=float,
                       help="leaky_relu slope, or prelu's initial learned slope (default 0.01)")
@@ -109,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
         from detector.readings.synthetic import Fleet
 
         ts, values, _ = Fleet(args.synthetic, seed=cfg.seed + 1, anomaly_rate=0.0).run(args.steps)
-        x, y = prepare(ts, values, cfg.norm_window)
+        x, y = (prepare_joint if cfg.architecture == "joint-gru" else prepare)(ts, values, cfg.norm_window)
         data: dict[str, Any] = {"source": "detector.readings.synthetic.Fleet (anomaly-free)", "sensors": args.synthetic,
                                 "steps": args.steps}
     elif args.files:
-        x, y, lengths, groups, data = _from_files(args, cfg)
+        x, y, lengths, groups, data, names = _from_files(args, cfg)
     else:
         raise InputFileError("give history files or --synthetic SENSORS")
 
@@ -129,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
             checkpoint=args.out / CHECKPOINT, resume=args.resume,
         )
     hp = model.network.hyperparameters
+    if cfg.architecture == "joint-gru" and args.files:
+        model.meta["channel_names"] = names  # its fixed channel set, in order: checked where data names channels
     model.meta.update(
         summary=SUMMARIES[cfg.architecture].format(**hp),
         trained={
@@ -204,19 +209,30 @@ class RichProgress(Callbacks):
 
 def _from_files(
     args: argparse.Namespace, cfg: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict, list[str]]:
+    """Lanes from history files: one per sensor and channel, or for joint-gru one per sensor (then every file
+    must have the same value columns, the model's channel set); also the files' channel names."""
     from detector.readings.files import read_readings
 
+    joint = cfg.architecture == "joint-gru"
     parts, groups, rows, sensors, skipped = [], [], 0, 0, 0
+    names: list[str] | None = None
     for path in args.files:
         readings = read_readings(path, time_column=args.time_column, sensor_column=args.sensor_column)
+        if names is None:
+            names = list(readings.channel_names)
+        elif joint and list(readings.channel_names) != names:
+            raise InputFileError(f"{path} has value columns {readings.channel_names}, {args.files[0]} has {names}: "
+                                 "a joint-gru model reads one fixed channel set, so train it on files with the same "
+                                 "columns in the same order")
         ids = np.asarray(readings.sensor_ids)
         for sensor in dict.fromkeys(readings.sensor_ids):
             pick = ids == sensor
             if pick.sum() < MIN_READINGS:
                 skipped += 1
                 continue
-            x, y = prepare(readings.ts[pick], readings.values[pick][:, None, :], cfg.norm_window)
+            x, y = (prepare_joint if joint else prepare)(readings.ts[pick], readings.values[pick][:, None, :],
+                                                         cfg.norm_window)
             parts.append((x, y))
             groups += [sensors] * x.shape[0]
             sensors += 1
@@ -227,7 +243,7 @@ def _from_files(
     x, y, lengths = pad_lanes(parts)
     data = {"source": [str(p) for p in args.files], "rows": rows, "sensors": sensors, "skipped_short": skipped,
             "lengths": [int(lengths.min()), int(lengths.max())]}
-    return x, y, lengths, np.asarray(groups), data
+    return x, y, lengths, np.asarray(groups), data, names or []
 
 
 def _argv(args: argparse.Namespace, cfg: TrainConfig) -> list[str]:
@@ -262,6 +278,10 @@ def _what_it_is(hp: dict[str, Any]) -> str:
     if arch == "encdec":
         return (f"Encoder and decoder GRUs of {layers} layer(s) × {hidden} units over a window of the last "
                 f"{hp['window']} readings; it reconstructs the current reading (and, in training, the whole window)")
+    if arch == "joint-gru":
+        return (f"GRU, {layers} layer(s) of {hidden} units, reading all {hp['channels']} channels of a sensor at once; "
+                "it forecasts each channel's next normalised value (as a change from its current one) and its "
+                "log-variance")
     if arch == "bidir":
         return (f"Forward and backward GRUs of {layers} layer(s) × {hidden} units; it estimates each reading from "
                 f"the readings before it and the {hp['lookahead']} after it, so scores come {hp['lookahead']} "
@@ -279,7 +299,12 @@ def _what_it_is(hp: dict[str, Any]) -> str:
 def card(meta: dict, network: Any) -> str:
     t, m, hp = meta["trained"], meta["metrics"], meta["hyperparameters"]
     c = t["config"]
-    state = network.state_size(1)
+    joint = network.per_sensor_lanes
+    state = network.state_size(hp.get("channels", 1))
+    lanes = (f"each sensor (of exactly these {hp['channels']} channels"
+             + (f": {', '.join(meta['channel_names'])}" if meta.get("channel_names") else "")
+             + f") keeps {state} floats ({4 * state} bytes) of network state" if joint else
+             f"each sensor keeps {state} floats ({4 * state} bytes) of network state per channel")
     tbptt = f"k1 = k2 = {c['k1']}" if c["k1"] == c["k2"] else f"k1 = {c['k1']}, k2 = {c['k2']}"
     stop = (f"stopped early after epoch {m['epochs_run']} (patience {c['patience']})" if m["stopped_early"]
             else f"ran {m['epochs_run']} epoch(s)")
@@ -288,8 +313,7 @@ def card(meta: dict, network: Any) -> str:
 
 **What it is.** {meta.get('summary', '')}. Architecture `{hp['architecture']}`: {_what_it_is(hp)}.
 Input per channel: the normalised value and the log time-delta ratio. Weights ({m['parameters']} parameters)
-are shared by all sensors and channels; each sensor keeps {state} floats ({4 * state} bytes) of network state per
-channel. Target offset {network.target_offset:+d} (look-ahead {network.lookahead} reading(s)).
+are shared by all sensors{'' if joint else ' and channels'}; {lanes}. Target offset {network.target_offset:+d} (look-ahead {network.lookahead} reading(s)).
 
 **Trained on.** {_describe_data(t['data'])}.
 

@@ -6,7 +6,8 @@ a copy of the network on them (the objective and TBPTT of `hiddenstate train`, s
 loaded weights, `EPOCHS` epochs at most, the best epoch on held-out stretches kept) and scores every
 later reading with the fit: a new weights version (detector/model/versions.py).
 
-Each sensor's kept readings are prepared exactly as the engine normalises them (`training.prepare`),
+Each sensor's kept readings are prepared exactly as the engine normalises them (`training.prepare`;
+`prepare_joint` for joint-gru, one lane per sensor),
 then cut into stretches of `STRETCH` steps: those are the training lanes, a tenth of them held out
 for validation, so even one sensor can be fitted. Sensors with fewer than `MIN_READINGS` kept
 readings are left out. In the Kafka service the fit is published to the group's weights topic like a
@@ -16,6 +17,7 @@ learnt version (`publish`), and only the learning instance fits (`active`).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 import time
 import uuid
 
@@ -24,7 +26,7 @@ import numpy as np
 from detector.config import DetectorConfig
 from detector.errors import ModelError
 from detector.model.networks import Network
-from detector.model.training import TrainConfig, pad_lanes, prepare, train
+from detector.model.training import TrainConfig, pad_lanes, prepare, prepare_joint, train
 from detector.model.versions import WeightsVersion
 
 EPOCHS = 4
@@ -65,14 +67,14 @@ class HistoryFit:
     def fit(self, network: Network, version: int, base: str) -> WeightsVersion:
         """The network fitted on the kept readings, as weights version `version` (the engine's network untouched)."""
         started = time.perf_counter()
-        x, y, lengths = self._lanes()
+        x, y, lengths = self._lanes(prepare_joint if network.per_sensor_lanes else prepare)
         config = TrainConfig(epochs=EPOCHS, patience=2, norm_window=self.norm_window)  # the network: a copy of `network`
         model, metrics = train(x, y, config, lengths=lengths, initial=copy.deepcopy(network))
         self.metrics = {**metrics, "readings": self.kept, "fit_seconds": round(time.perf_counter() - started, 1)}
         self._ids, self._ts, self._values = [], [], []
         return WeightsVersion.of(model.network, version, base, self.channels, self.writer)
 
-    def _lanes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _lanes(self, lanes_of: Callable[..., tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ts, values = np.concatenate(self._ts), np.concatenate(self._values)
         _, first, sensor = np.unique(np.array(self._ids, dtype=object), return_index=True, return_inverse=True)
         by_sensor = np.argsort(sensor, kind="stable")  # each sensor's rows together, in stream order
@@ -82,7 +84,7 @@ class HistoryFit:
             rows = by_sensor[(ends[k - 1] if k else 0):ends[k]]
             if rows.size < MIN_READINGS:
                 continue
-            x, y = prepare(ts[rows], values[rows][:, None, :], self.norm_window)
+            x, y = lanes_of(ts[rows], values[rows][:, None, :], self.norm_window)
             for start in range(0, x.shape[1], STRETCH):
                 if x.shape[1] - start >= MIN_READINGS:
                     parts.append((x[:, start:start + STRETCH], y[:, start:start + STRETCH]))

@@ -19,8 +19,9 @@ weights alone and hands a `WeightsVersion` out (`published`), which the service 
 topic; every instance, this one included, adopts it from there (`adopt`), so a consumer group scores
 with one version. Only one instance learns at a time (`active`).
 
-Forecasters only (gru, lstm, rnn): a look-ahead or reconstruction model's targets are not the next
-reading.
+Forecasters only (gru, lstm, rnn, joint-gru): a look-ahead or reconstruction model's targets are not the
+next reading. A channel-independent network learns from one lane per tracked sensor and channel, joint-gru
+from one lane per tracked sensor (all its channels at once).
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class OnlineLearner:
     def __init__(self, network: Network, channels: int, config: DetectorConfig, window: int = 64, burn_in: int = 32,
                  clip: float = 1.0, base: str = "") -> None:
         if network.target_offset != 1:
-            raise ModelError(f"learning = online needs a forecaster (gru, lstm, rnn), not {network.architecture}: "
-                             "set learning = off for this model")
+            raise ModelError(f"learning = online needs a forecaster (gru, lstm, rnn, joint-gru), not "
+                             f"{network.architecture}: set learning = off for this model")
         self.net = copy.deepcopy(network).train()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=config.learning_rate)
         self.channels, self.every, self.burn_in, self.clip = channels, config.learning_every, burn_in, clip
@@ -121,16 +122,20 @@ class OnlineLearner:
         self.pending = 0
         used = slice(0, self.lanes_used)
         inputs = np.where(self.valid[used][:, :, None, None], self.inputs[used], 0.0).astype(np.float32)
-        x = torch.from_numpy(inputs.transpose(0, 2, 1, 3).reshape(-1, inputs.shape[1], FEATURES))
         ok = self.valid[used] & self.keep[used]
-        mask = np.repeat((self.valid[used, :-1] & ok[:, 1:])[:, None, :], self.channels, axis=1)
-        mask = mask.reshape(-1, mask.shape[-1])
-        mask[:, :self.burn_in] = False
+        steps = self.valid[used, :-1] & ok[:, 1:]  # [sensors, T]: the forecast made at step t may be learnt from
+        steps[:, :self.burn_in] = False
+        if self.net.per_sensor_lanes:  # joint-gru: one lane per sensor, [sensors, T, C, 2], each step for every channel
+            x = torch.from_numpy(inputs)
+            mask = np.repeat(steps[:, :, None], self.channels, axis=2)
+        else:  # one lane per (sensor, channel): [sensors × C, T, 2]
+            x = torch.from_numpy(inputs.transpose(0, 2, 1, 3).reshape(-1, inputs.shape[1], FEATURES))
+            mask = np.repeat(steps[:, None, :], self.channels, axis=1).reshape(-1, steps.shape[-1])
         if mask.sum() < MIN_TARGETS:
             self.stats.seconds += time.perf_counter() - started
             return False
         mean, logvar, _ = self.net(x[:, :-1], None)
-        total, count = masked_nll(mean, logvar, x[:, 1:, 0], torch.from_numpy(mask))
+        total, count = masked_nll(mean, logvar, x[:, 1:, ..., 0], torch.from_numpy(mask))
         loss = total / count
         changed = bool(torch.isfinite(loss))
         if changed:

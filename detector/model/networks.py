@@ -1,9 +1,11 @@
 """Recurrent networks whose weights are shared by every sensor.
 
 A network turns each channel's normalised readings into a Gaussian estimate (mean and
-log-variance) of one normalised reading. Channels are modelled independently with one set
-of weights (each channel is a "lane"), so one model serves sensors with any number of
-channels, and a univariate sensor costs only `state_size(1)` floats of state.
+log-variance) of one normalised reading. Most networks model channels independently with one
+set of weights (each channel is a "lane"), so one model serves sensors with any number of
+channels, and a univariate sensor costs only `state_size(1)` floats of state. `joint-gru`
+instead reads all of a sensor's channels at once (one lane per sensor, `per_sensor_lanes`),
+for a channel set fixed when it is built, and still estimates every channel on its own.
 
 Which reading the estimate is for is the network's `target_offset`, relative to the reading
 just fed in at step t:
@@ -49,6 +51,9 @@ FEATURES = 2
 
 LOGVAR_MIN, LOGVAR_MAX = -8.0, 6.0
 
+MAX_JOINT_CHANNELS = 32
+"""The most channels a `joint-gru` model reads at once (its input grows with them)."""
+
 ACTIVATIONS = ("tanh", "relu", "leaky_relu", "prelu")
 
 
@@ -65,14 +70,17 @@ class Network(nn.Module):
 
     architecture: ClassVar[str] = ""
     target_offset: int = 1
+    per_sensor_lanes: ClassVar[bool] = False
+    """False: one lane per channel, x [lanes, T, FEATURES]; True (joint-gru): one lane per sensor,
+    x [lanes, T, channels, FEATURES] and estimates [lanes, T, channels]."""
 
-    def __init__(self, hidden_size: int, layers: int, head_inputs: int | None = None) -> None:
+    def __init__(self, hidden_size: int, layers: int, head_inputs: int | None = None, outputs: int = 1) -> None:
         super().__init__()
         if hidden_size < 1 or layers < 1:
             raise ValueError("hidden_size and layers must be at least 1")
         self.hidden_size = int(hidden_size)
         self.layers = int(layers)
-        self.head = nn.Linear(head_inputs or self.hidden_size, 2)
+        self.head = nn.Linear(head_inputs or self.hidden_size, 2 * outputs)
 
     # -- the contract -------------------------------------------------------------------------
 
@@ -145,6 +153,8 @@ class Network(nn.Module):
     def _gaussian(self, features: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The head: estimate = base + predicted change, and a clamped log-variance."""
         out = self.head(features)
+        if out.shape[-1] > 2:  # a joint head: one (change, log-variance) pair per channel, [..., channels, 2]
+            out = out.unflatten(-1, (-1, 2))
         return base + out[..., 0], out[..., 1].clamp(LOGVAR_MIN, LOGVAR_MAX)
 
 
@@ -494,8 +504,75 @@ class BidirectionalGRU(Network):
         return mean, logvar, last
 
 
+# -- a forecaster over all of a sensor's channels at once ------------------------------------------
+
+
+class JointGRUForecaster(Network):
+    """A GRU that reads all of a sensor's channels at once: one lane per sensor, a fixed channel set.
+
+    Channel-independent networks cannot see that two channels move together; this one can: at each
+    reading its input is every channel's features ([channels × FEATURES], channel-major), its hidden
+    state is one per sensor, and its head gives each channel its own (change, log-variance), so the
+    estimate is still per channel ("no change" = each channel's current value, plus the change) and the
+    engine's views and the forecast view's choice of channel work unchanged. The channel count is fixed
+    when it is built (1…`MAX_JOINT_CHANNELS`) and `state_size` refuses any other with a ModelError, so an
+    engine for sensors with another count fails at its construction. Channel ORDER matters too: the
+    model's `channel_names` in model.json (when trained on named columns) say which (see store.py).
+    Per-sensor state: (layer, hidden), not per channel.
+    """
+
+    architecture = "joint-gru"
+    target_offset = 1
+    per_sensor_lanes = True
+
+    def __init__(self, hidden_size: int = 32, layers: int = 1, channels: int = 2) -> None:
+        if not 1 <= channels <= MAX_JOINT_CHANNELS:
+            raise ValueError(f"channels must be 1 to {MAX_JOINT_CHANNELS}, not {channels}")
+        super().__init__(hidden_size, layers, outputs=channels)
+        self.channels = int(channels)
+        self.rnn = nn.GRU(self.channels * FEATURES, self.hidden_size, num_layers=self.layers, batch_first=True)
+
+    def _extra_hyperparameters(self) -> dict[str, Any]:
+        return {"channels": self.channels}
+
+    @property
+    def state_per_lane(self) -> int:
+        return self.layers * self.hidden_size
+
+    def state_size(self, channels: int) -> int:
+        """Floats of state per sensor; ModelError unless `channels` is the count the model was built for."""
+        if channels != self.channels:
+            raise ModelError(
+                f"this {self.architecture} model reads exactly {self.channels} channel(s) per sensor, not {channels}:"
+                f" score sensors with its {self.channels} channels in its order (model.json channel_names), train"
+                f" one for these (hiddenstate train --arch {self.architecture}) or use a channel-independent model"
+                " (gru-default)")
+        return self.state_per_lane
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Advance many sensors by one reading: x [n, channels, FEATURES], h [n, state_size(channels)]."""
+        self.state_size(x.shape[1])
+        return self._step_lanes(x, h)
+
+    def _step_lanes(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        top, new = _stack_step(self.rnn, x.reshape(n, -1), state.reshape(n, self.layers, self.hidden_size),
+                               _gru_cell)
+        mean, logvar = self._gaussian(top, x[..., 0])
+        return mean, logvar, new.reshape(n, -1)
+
+    def _sequence(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lanes = x.shape[0]
+        h0 = state.reshape(lanes, self.layers, self.hidden_size).transpose(0, 1).contiguous()
+        top, h_n = self.rnn(x.flatten(2), h0)
+        mean, logvar = self._gaussian(top, x[..., 0])
+        return mean, logvar, h_n.transpose(0, 1).reshape(lanes, -1)
+
+
 ARCHITECTURES: dict[str, type[Network]] = {
-    cls.architecture: cls for cls in (GRUForecaster, LSTMForecaster, RNNForecaster, EncoderDecoder, BidirectionalGRU)
+    cls.architecture: cls for cls in (GRUForecaster, LSTMForecaster, RNNForecaster, EncoderDecoder, BidirectionalGRU,
+                                      JointGRUForecaster)
 }
 
 

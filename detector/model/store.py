@@ -6,6 +6,10 @@ A model directory holds
   trained and its scores; the checksum is verified at load;
 - `MODEL_CARD.md`: the same for humans.
 
+A model trained on named channels with a fixed channel set (joint-gru, trained on files whose columns
+name the channels) records them in model.json as `channel_names`, in the order it reads them;
+`check_channel_names` holds data to them.
+
 Shipped models live in the repository's `models/` (packaged into the wheel) and
 are loaded by name (`gru-default`); any other directory is loaded by path.
 """
@@ -97,6 +101,19 @@ def load_model(name_or_path: str | Path) -> Model:
     except (SafetensorError, RuntimeError) as exc:
         raise ModelError(f"{weights} does not fit {meta.get('hyperparameters')}: {exc}") from None
     return Model(name=meta.get("name", directory.name), network=network.eval(), meta=meta, path=directory)
+
+
+def check_channel_names(model: Model, names: list[str] | None, where: str) -> None:
+    """Refuse data whose channels are not the ones, in the order, the model was trained on (ModelError).
+
+    Only a model with `channel_names` in its meta is checked (joint-gru trained on named columns): a
+    channel-independent model reads any channels, and unnamed data (`names` None) cannot be checked.
+    """
+    expected = model.meta.get("channel_names")
+    if expected is None or names is None or list(names) == list(expected):
+        return
+    raise ModelError(f"{where} has channels {list(names)} but model {model.model_id} reads {list(expected)}, in that "
+                     "order: pick and order the columns to match (replay --columns), or train a model on these")
 
 
 def save_model(model: Model, directory: str | Path, card_markdown: str | None = None) -> Path:

@@ -50,7 +50,7 @@ class TrainConfig(Settings):
     table: ClassVar[str] = "train"
     env_prefix: ClassVar[str] = "HIDDENSTATE_TRAIN_"
 
-    architecture: Literal["gru", "lstm", "rnn", "encdec", "bidir"] = "gru"
+    architecture: Literal["gru", "lstm", "rnn", "encdec", "bidir", "joint-gru"] = "gru"
     hidden_size: int = Field(32, ge=1)
     layers: int = Field(1, ge=1)
     activation: str = "tanh"  # rnn only
@@ -78,8 +78,11 @@ class TrainConfig(Settings):
             raise ValueError(f"TBPTT needs 1 <= k1 <= k2, got k1={self.k1}, k2={self.k2}")
         return self
 
-    def network_hyperparameters(self) -> dict[str, Any]:
+    def network_hyperparameters(self, channels: int = 1) -> dict[str, Any]:
+        """The network's hyperparameters; `channels` (of the data) is one only for joint-gru, whose input it sizes."""
         hp: dict[str, Any] = {"architecture": self.architecture, "hidden_size": self.hidden_size, "layers": self.layers}
+        if self.architecture == "joint-gru":
+            hp["channels"] = channels
         if self.architecture == "rnn":
             hp["activation"] = self.activation
             if self.activation in ("leaky_relu", "prelu"):
@@ -116,10 +119,11 @@ class Callbacks:
         """An epoch is done (its checkpoint is written)."""
 
 
-def prepare(ts: np.ndarray, values: np.ndarray, norm_window: float) -> tuple[np.ndarray, np.ndarray]:
-    """Features [lanes, T-1, 2] and targets [lanes, T-1] from histories.
+def features(ts: np.ndarray, values: np.ndarray, norm_window: float) -> tuple[np.ndarray, np.ndarray]:
+    """What the engine would feed the network, step by step: features [T, n, C, 2] and targets [T, n, C].
 
-    ts: [T, n] or [T] seconds; values: [T, n, C] or [T, n]. Each (sensor, channel) becomes a lane.
+    ts: [T, n] or [T] seconds; values: [T, n, C] or [T, n]. The target of step t is reading t + 1 in the
+    frame the engine compares it in (0 at the last step, which has none).
     """
     if values.ndim == 2:
         values = values[:, :, None]
@@ -142,17 +146,36 @@ def prepare(ts: np.ndarray, values: np.ndarray, norm_window: float) -> tuple[np.
         if t + 1 < steps:
             std = normalise.scale(mean, var, step)
             targets[t] = np.clip((values[t + 1] - mean) / std, -normalise.Z_CLIP, normalise.Z_CLIP)
+    return feats, targets
+
+
+def prepare(ts: np.ndarray, values: np.ndarray, norm_window: float) -> tuple[np.ndarray, np.ndarray]:
+    """Features [lanes, T-1, 2] and targets [lanes, T-1] from histories: each (sensor, channel) becomes a lane.
+
+    ts: [T, n] or [T] seconds; values: [T, n, C] or [T, n].
+    """
+    feats, targets = features(ts, values, norm_window)
+    steps, n, channels = targets.shape
     lanes_x = feats[:-1].transpose(1, 2, 0, 3).reshape(n * channels, steps - 1, 2)
     lanes_y = targets[:-1].transpose(1, 2, 0).reshape(n * channels, steps - 1)
     return lanes_x, lanes_y
 
 
+def prepare_joint(ts: np.ndarray, values: np.ndarray, norm_window: float) -> tuple[np.ndarray, np.ndarray]:
+    """Features [sensors, T-1, C, 2] and targets [sensors, T-1, C]: each sensor is ONE lane (for joint-gru)."""
+    feats, targets = features(ts, values, norm_window)
+    return np.ascontiguousarray(feats[:-1].transpose(1, 0, 2, 3)), np.ascontiguousarray(targets[:-1].transpose(1, 0, 2))
+
+
 def pad_lanes(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stack prepared (x [lanes, T_i, 2], y [lanes, T_i]) of different lengths: zero-padded x, y and lengths."""
+    """Stack prepared (x [lanes, T_i, ...], y [lanes, T_i, ...]) of different lengths: zero-padded x, y and lengths.
+
+    Works alike for channel lanes (x [lanes, T_i, 2]) and joint sensor lanes (x [lanes, T_i, C, 2]).
+    """
     total = sum(x.shape[0] for x, _ in parts)
     longest = max(x.shape[1] for x, _ in parts)
-    xs = np.zeros((total, longest, 2), dtype=np.float32)
-    ys = np.zeros((total, longest), dtype=np.float32)
+    xs = np.zeros((total, longest, *parts[0][0].shape[2:]), dtype=np.float32)
+    ys = np.zeros((total, longest, *parts[0][1].shape[2:]), dtype=np.float32)
     lengths = np.zeros(total, dtype=np.int64)
     row = 0
     for x, y in parts:
@@ -164,8 +187,17 @@ def pad_lanes(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, n
     return xs, ys, lengths
 
 
-def network_from_config(config: TrainConfig) -> Network:
-    return build_network(config.network_hyperparameters())
+def network_from_config(config: TrainConfig, x: np.ndarray | None = None) -> Network:
+    """The untrained network of `config`, for prepared lanes `x` (a joint-gru is sized by their channels).
+
+    joint-gru needs one lane per sensor (`prepare_joint`, x [sensors, T, C, 2]); the other architectures one per
+    channel (`prepare`, x [lanes, T, 2]). A mismatch is a HiddenstateError, not a shape error deep in torch.
+    """
+    joint = config.architecture == "joint-gru"
+    if x is not None and (x.ndim == 4) != joint:
+        raise HiddenstateError(f"{config.architecture} trains on {'sensor' if joint else 'channel'} lanes: prepare"
+                               f" them with {'prepare_joint' if joint else 'prepare'}")
+    return build_network(config.network_hyperparameters(x.shape[2] if joint and x is not None else 1))
 
 
 def targets_and_mask(
@@ -173,13 +205,14 @@ def targets_and_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What each step's output is compared with, and whether it counts.
 
-    +1 (forecasters): `y`, the next reading, where the step is within the lane's length.
+    +1 (forecasters): `y`, the next reading, where the step is within the lane's length (the mask has y's shape).
     o ≤ 0: the input value of reading i + o (its own normalised value), where i < length and i + o ≥ 0.
     """
     steps = torch.arange(x.shape[1])
     valid = steps[None, :] < lengths[:, None]
     if target_offset == 1:
-        return y, valid
+        # a joint lane's y is [lanes, T, channels]: a step counts for each of its channels
+        return y, valid if y.dim() == 2 else valid[..., None].expand_as(y)
     if target_offset > 1:
         raise ValueError(f"target_offset {target_offset} is not supported")
     k = -target_offset
@@ -192,8 +225,9 @@ def previous_value(x: torch.Tensor, target_offset: int) -> tuple[torch.Tensor, t
     """The "no change" estimate of each step's target: the value of the reading before it (and where it exists)."""
     shift = 1 - target_offset  # step i's target is reading i + offset; the one before it is i + offset - 1
     prev = torch.zeros_like(x[..., 0])
-    prev[:, shift:] = x[:, : x.shape[1] - shift, 0]
-    exists = (torch.arange(x.shape[1]) >= shift)[None, :].expand_as(prev)
+    prev[:, shift:] = x[:, : x.shape[1] - shift, ..., 0]
+    exists = torch.zeros_like(prev, dtype=torch.bool)
+    exists[:, shift:] = True
     return prev, exists
 
 
@@ -222,7 +256,8 @@ def train(
 ) -> tuple[Model, dict[str, Any]]:
     """Train the network `config` describes on prepared lanes; returns the model and its metrics.
 
-    x [lanes, T, 2] and y [lanes, T] (zero-padded); lengths: valid steps per lane (default all T);
+    x [lanes, T, 2] and y [lanes, T] (zero-padded; for joint-gru x [sensors, T, C, 2] and y [sensors, T, C]);
+    lengths: valid steps per lane (default all T);
     groups: the sensor of each lane, so a sensor's channels land on the same side of the validation
     split (default: each lane its own). checkpoint: file written after every epoch; with `resume`,
     training continues from it (it must come from the same config and data). initial: start from this network
@@ -236,7 +271,7 @@ def train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     val, tr = _split(groups, config.val_fraction, rng)
-    net = network_from_config(config) if initial is None else initial.train()
+    net = network_from_config(config, x) if initial is None else initial.train()
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     xt, yt = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
     lt = torch.from_numpy(lengths)
