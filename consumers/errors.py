@@ -42,5 +42,9 @@ class KafkaDemoError(ServiceError):
     retriable = True
 
 
+class WeightsCommandError(ServiceError):
+    """`hiddenstate weights` cannot do what was asked: no weights topic, no such version, no --out."""
+
+
 class StopRequested(ServiceError):
     """Raised inside the service when a stop was requested while it waited on the broker; not a failure."""

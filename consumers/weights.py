@@ -88,11 +88,7 @@ class WeightsTopic:
         try:
             await consumer.start()
             await producer.start()
-            consumer.assign([self.topic])
-            await consumer.seek_to_beginning(self.topic)
-            end = (await consumer.end_offsets([self.topic]))[self.topic]
-            while await consumer.position(self.topic) < end:
-                self._take(await consumer.getmany(self.topic, timeout_ms=500))
+            self._unseen = (await read_group(consumer, self.topic, self.key))[-KEPT:]
         except BaseException:
             await quietly_stop(consumer, producer)
             raise
@@ -173,6 +169,21 @@ class WeightsTopic:
         for record in batch.get(self.topic, ()):
             if record.key == self.key and record.value is not None:
                 self._unseen = [*self._unseen[-(KEPT - 1):], record.value]
+
+
+async def read_group(consumer: AIOKafkaConsumer, topic: TopicPartition, key: bytes) -> list[bytes]:
+    """The group's records on the weights topic, from its beginning to its end now, oldest first.
+
+    The consumer is left assigned to the topic, at that end: it can follow the topic from there.
+    """
+    consumer.assign([topic])
+    await consumer.seek_to_beginning(topic)
+    end = (await consumer.end_offsets([topic]))[topic]
+    records: list[bytes] = []
+    while await consumer.position(topic) < end:
+        batch = await consumer.getmany(topic, timeout_ms=500)
+        records.extend(r.value for r in batch.get(topic, ()) if r.key == key and r.value is not None)
+    return records
 
 
 class WeightsMetrics(Collector):

@@ -11,11 +11,13 @@ import urllib.request
 
 import numpy as np
 import orjson
+import torch
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.config import ServiceConfig
 from consumers.service import ScoringService
 from detector import DetectorConfig
+from detector.cli import main as hiddenstate
 from detector.model.store import load_model
 from detector.model.versions import WeightsVersion
 from tests.kafka_broker import (  # noqa: F401 - kafka_bootstrap is a fixture
@@ -210,3 +212,56 @@ def test_fit_first_in_serve_fits_once_for_the_group_and_a_restart_does_not_fit_a
     assert newest.version == 1 and newest.writer.startswith("fit-") and records == 1  # one fit, written once
     assert seen["first"] == (None, 1)
     assert seen["restart"] == (None, 0)  # the restarted instance took the group's fit, and fitted nothing
+
+
+def test_the_weights_command_lists_rolls_back_and_exports_a_groups_versions(kafka_bootstrap, tmp_path, capsys):
+    async def scenario():
+        topics = {k: unique_name(f"t-{k}") for k in ("in", "scores", "alerts", "dlq")}
+        await create_topics(kafka_bootstrap, {topics["in"]: 1, topics["scores"]: 1, topics["alerts"]: 1,
+                                              topics["dlq"]: 1})
+        cfg = config(kafka_bootstrap, topics, unique_name("g")).model_copy(
+            update={"detector": DetectorConfig(channels=1, fit_first=2000)})
+        flags = ["--bootstrap", kafka_bootstrap, "--group", cfg.group_id]
+        clock = [0]
+
+        async def tick():
+            clock[0] += 1
+            await produce(kafka_bootstrap, topics["in"], readings(16, range(clock[0] - 1, clock[0])))
+
+        service = ScoringService(cfg, load_model("gru-default"))
+        await service.start()
+        task = asyncio.create_task(service.run())
+        clock[0] = 200
+        await produce(kafka_bootstrap, topics["in"], readings(16, range(200)))
+
+        async def at(version: int):
+            return service.engine is not None and service.engine.weights_version == version
+        await until(lambda: at(1), "the fit was not adopted", tick=tick)
+        fitted = {k: v.clone() for k, v in service.engine.network.state_dict().items()}
+        codes = {"list": await asyncio.to_thread(hiddenstate, ["weights", "list", *flags])}
+        listed = capsys.readouterr().out
+        codes["reset"] = await asyncio.to_thread(hiddenstate, ["weights", "reset", *flags])
+        await until(lambda: at(2), "the group did not adopt the reset version", tick=tick)
+        after_reset = {k: v.clone() for k, v in service.engine.network.state_dict().items()}
+        codes["export"] = await asyncio.to_thread(
+            hiddenstate, ["weights", "export", "--version", "1", "--out", str(tmp_path / "v1"), *flags])
+        service.request_stop()
+        await task
+        await service.close()
+        codes["missing"] = await asyncio.to_thread(
+            hiddenstate, ["weights", "list", "--bootstrap", kafka_bootstrap, "--group", unique_name("none")])
+        return codes, listed, fitted, after_reset
+
+    codes, listed, fitted, after_reset = asyncio.run(scenario())
+    out = capsys.readouterr()
+    assert codes == {"list": 0, "reset": 0, "export": 0, "missing": 2}
+    assert "version      1" in listed and "by fit-" in listed and "fits: yes" in listed
+    # roll-back: the running instance went back to the loaded model's weights, as a new version
+    shipped = load_model("gru-default").network.state_dict()
+    assert all(torch.equal(after_reset[k], shipped[k]) for k in shipped)
+    assert any(not torch.equal(fitted[k], shipped[k]) for k in shipped)
+    # export: version 1 as a model directory that loads and holds the fitted weights
+    exported = load_model(tmp_path / "v1")
+    assert exported.meta["learnt_online"]["version"] == 1 and exported.name == "gru-default-v1"
+    assert all(torch.equal(exported.network.state_dict()[k], fitted[k]) for k in fitted)
+    assert "no weights topic" in out.err

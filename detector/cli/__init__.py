@@ -1,4 +1,4 @@
-"""The `hiddenstate` command: replay, demo, serve, produce, train, models, broker.
+"""The `hiddenstate` command: replay, demo, serve, produce, weights, train, models, broker.
 
 Each command lives in its own module exposing `add_arguments(parser)` and
 `run(args) -> int`; this package only wires them. `COMMANDS` is the one place
@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": ("detector.cli.demo", "score a simulated fleet live, with injected anomalies"),
     "serve": ("consumers.commands.serve", "consume readings from Kafka, produce scores, alerts and dead letters"),
     "produce": ("consumers.commands.produce", "replay CSV or JSON-lines files into a Kafka topic at a given rate"),
+    "weights": ("consumers.commands.weights", "list a consumer group's learnt weights versions, roll back, export one"),
     "broker": ("consumers.commands.broker", "start or stop a local single-node Kafka broker (needs Java 17 and Maven)"),
     "train": ("detector.cli.train", "fit a model on history with truncated BPTT"),
     "models": ("detector.cli.models", "list the shipped models"),
