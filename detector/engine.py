@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +26,7 @@ from detector.scoring import calibration, causes, correlation, flatline, levels,
 from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
-from detector.errors import HiddenstateError, ModelError
+from detector.errors import ModelError
 from detector.model.fitting import HistoryFit
 from detector.model.learning import OnlineLearner
 from detector.model.networks import Network
@@ -150,7 +151,7 @@ class Engine:
         """Online learning (`learning = "online"`), else None."""
         self.fitter = HistoryFit(channels, config) if config.fit_first else None
         """The fit on the stream's first readings (`fit_first`) until it is done, else None."""
-        self._fitted: WeightsVersion | None = None  # a publishing fitter's fit, for `take_learned`
+        self._fitting: Future[WeightsVersion | None] | None = None  # a publishing fitter's fit, for `take_learned`
         self.weights_version = 0
         """The version of the weights that score: 0 for the loaded ones, then learnt or adopted versions."""
         self.model_sha256 = model_sha256
@@ -237,20 +238,16 @@ class Engine:
         return result
 
     def _fit(self) -> None:
-        """Fit on the kept readings (`fit_first`): score on with the fit, or hand it out when publishing."""
+        """Fit on the kept readings (`fit_first`): score on with the fit, or fit beside the scoring and hand the fit
+        out (`take_learned`) when publishing."""
         assert self.fitter is not None
-        fitter, version = self.fitter, max(self.weights_version, self.learner.version if self.learner else 0) + 1
-        try:
-            fitted = fitter.fit(self.network, version, self.model_sha256)
-        except HiddenstateError as exc:  # too little to fit on: score on with the loaded weights
-            log.warning("no fit on the first readings: %s; scoring on with the loaded weights", exc)
-            self.fitter = None
-            return
-        log.info("fitted on the first %d readings in %.1f s (validation NLL %.3f)", fitter.kept,
-                 fitter.metrics["fit_seconds"], fitter.metrics["val_nll"])
+        fitter, self.fitter = self.fitter, None
+        version = self._next_version()
         if fitter.publish:
-            self._fitted, self.fitter = fitted, None
-        else:
+            self._fitting = fitter.fit_beside(self.network, version, self.model_sha256)
+            return
+        fitted = fitter.fit_or_none(self.network, version, self.model_sha256)
+        if fitted is not None:
             self.adopt(fitted)
 
     def adopt(self, weights: WeightsVersion) -> None:
@@ -261,16 +258,23 @@ class Engine:
         weights.check(self.network, self.model_sha256, self.channels)
         self.network.load_state_dict(weights.tensors)
         self.weights_version = weights.version
-        self.fitter = None  # weights learnt from this stream already: no fit on its first readings
+        self.fitter = self._fitting = None  # weights learnt from this stream already: no fit on its first readings
         if self.learner is not None:
             self.learner.adopt(weights)
+
+    def _next_version(self) -> int:
+        return max(self.weights_version, self.learner.version if self.learner else 0) + 1
 
     def take_learned(self) -> WeightsVersion | None:
         """A publishing fit's or learner's newest version not yet taken (`HistoryFit.publish`,
         `OnlineLearner.publish`), else None."""
-        if self._fitted is not None:
-            weights, self._fitted = self._fitted, None
-            return weights
+        if self._fitting is not None and self._fitting.done():
+            fitting, self._fitting = self._fitting, None
+            fitted = fitting.result()
+            if fitted is not None:  # it supersedes what the learner made while it fitted, and is numbered after it
+                if self.learner is not None:
+                    self.learner.published = None
+                return replace(fitted, version=self._next_version())
         if self.learner is None or self.learner.published is None:
             return None
         weights, self.learner.published = self.learner.published, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -63,3 +64,46 @@ def test_fit_first_is_a_flag_of_replay_and_serve():
     for command in (["replay", "x.csv"], ["serve"]):
         args = parser.parse_args([*command, "--fit-first", "5000"])
         assert config_from_args(args).fit_first == 5000
+
+
+def _publishing(fit_first: int) -> Detector:
+    det = Detector(config=DetectorConfig(fit_first=fit_first), channels=1)
+    det.engine.fitter.publish = True  # as the Kafka service's learning instance
+    return det
+
+
+def _until_fitted(det: Detector, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while (fitted := det.engine.take_learned()) is None:
+        assert time.monotonic() < deadline, "the fit beside the scoring never finished"
+        time.sleep(0.05)
+    return fitted
+
+
+def test_a_publishing_detector_fits_beside_the_scoring_and_hands_the_fit_out():
+    ids, ts, values = _fleet(20, 800)
+    det = _publishing(8000)
+    loaded = {k: v.clone() for k, v in det.engine.network.state_dict().items()}
+    results = _run(det, ids[:8000], ts[:8000], values[:8000])  # the 80th batch brings the 8000th reading
+    assert det.engine.fitter is None and det.engine._fitting is not None
+    results += _run(det, ids[8000:], ts[8000:], values[8000:])  # scoring goes on while it fits
+    assert {r.weights_version for r in results} == {0}
+    fitted = _until_fitted(det)
+    assert fitted.version == 1 and fitted.writer.startswith("fit-") and det.engine.take_learned() is None
+    # handed out, not swapped in: the loaded weights score until the fit comes back (the service adopts it)
+    assert all(torch.equal(loaded[k], v) for k, v in det.engine.network.state_dict().items())
+    assert any(not torch.equal(loaded[k], fitted.tensors[k]) for k in loaded)
+    det.engine.adopt(fitted)
+    assert det.score_arrays(ids[:20], ts[-20:] + 60.0, values[:20]).weights_version == 1
+
+
+def test_a_version_adopted_while_fitting_drops_the_fit():
+    ids, ts, values = _fleet(20, 500)
+    det, donor = _publishing(8000), _publishing(8000)
+    _run(det, ids, ts, values)
+    _run(donor, ids, ts, values)
+    group_fit = _until_fitted(donor)  # another instance's version reaches this one while it fits
+    own = det.engine._fitting
+    det.engine.adopt(group_fit)
+    assert own.result(timeout=120) is not None  # its fit finished, and is not handed out
+    assert det.engine.take_learned() is None and det.engine.weights_version == group_fit.version

@@ -11,23 +11,30 @@ Each sensor's kept readings are prepared exactly as the engine normalises them (
 then cut into stretches of `STRETCH` steps: those are the training lanes, a tenth of them held out
 for validation, so even one sensor can be fitted. Sensors with fewer than `MIN_READINGS` kept
 readings are left out. In the Kafka service the fit is published to the group's weights topic like a
-learnt version (`publish`), and only the learning instance fits (`active`).
+learnt version (`publish`), and only the learning instance fits (`active`), in a thread of its own
+(`fit_beside`): the service scores on with the loaded weights while it fits, instead of holding the
+batch that brought the last kept reading for the seconds a fit takes.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import logging
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 
 import numpy as np
 
 from detector.config import DetectorConfig
-from detector.errors import ModelError
+from detector.errors import HiddenstateError, ModelError
 from detector.model.networks import Network
 from detector.model.training import TrainConfig, pad_lanes, prepare, prepare_joint, train
 from detector.model.versions import WeightsVersion
+
+log = logging.getLogger("hiddenstate.engine")
 
 EPOCHS = 4
 STRETCH = 256
@@ -68,13 +75,39 @@ class HistoryFit:
         """The network fitted on the kept readings, as weights version `version` (the engine's network untouched)."""
         started = time.perf_counter()
         x, y, lengths = self._lanes(prepare_joint if network.per_sensor_lanes else prepare)
-        config = TrainConfig(epochs=EPOCHS, patience=2, norm_window=self.norm_window)  # the network: a copy of `network`
+        config = TrainConfig(epochs=EPOCHS, patience=2, norm_window=self.norm_window)
         model, metrics = train(x, y, config, lengths=lengths, initial=copy.deepcopy(network))
         self.metrics = {**metrics, "readings": self.kept, "fit_seconds": round(time.perf_counter() - started, 1)}
         self._ids, self._ts, self._values = [], [], []
         return WeightsVersion.of(model.network, version, base, self.channels, self.writer)
 
-    def _lanes(self, lanes_of: Callable[..., tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def fit_or_none(self, network: Network, version: int, base: str) -> WeightsVersion | None:
+        """`fit`, or None (logged as a warning) when the kept readings are too few to fit on."""
+        try:
+            fitted = self.fit(network, version, base)
+        except HiddenstateError as exc:
+            log.warning("no fit on the first readings: %s; scoring on with the loaded weights", exc)
+            return None
+        log.info("fitted on the first %d readings in %.1f s (validation NLL %.3f)", self.kept,
+                 self.metrics["fit_seconds"], self.metrics["val_nll"])
+        return fitted
+
+    def fit_beside(self, network: Network, version: int, base: str) -> Future[WeightsVersion | None]:
+        """`fit_or_none` on a copy of `network` (taken now) in a daemon thread; the future holds its outcome."""
+        future: Future[WeightsVersion | None] = Future()
+        snapshot = copy.deepcopy(network)
+
+        def work() -> None:
+            try:
+                future.set_result(self.fit_or_none(snapshot, version, base))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
+                future.set_exception(exc)
+
+        threading.Thread(target=work, name="hiddenstate-fit", daemon=True).start()
+        return future
+
+    def _lanes(self, lanes_of: Callable[..., tuple[np.ndarray, np.ndarray]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ts, values = np.concatenate(self._ts), np.concatenate(self._values)
         _, first, sensor = np.unique(np.array(self._ids, dtype=object), return_index=True, return_inverse=True)
         by_sensor = np.argsort(sensor, kind="stable")  # each sensor's rows together, in stream order
