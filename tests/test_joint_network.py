@@ -189,11 +189,14 @@ def test_train_command_writes_a_joint_model_with_its_channel_names(tmp_path, cap
     assert "same columns in the same order" in capsys.readouterr().err
 
 
+def _walks(sensors: int, steps: int, seed: int):
+    """Step-major readings of 3-channel random walks."""
+    values = np.random.default_rng(seed).normal(size=(steps, sensors, 3)).cumsum(0).reshape(-1, 3)
+    return [f"s{i}" for i in range(sensors)] * steps, np.repeat(T0 + np.arange(steps) * 60.0, sensors), values
+
+
 def test_online_learning_learns_with_one_lane_per_sensor():
-    rng = np.random.default_rng(2)
-    sensors, steps = 4, 400
-    values = rng.normal(size=(steps, sensors, 3)).cumsum(0).reshape(-1, 3)
-    ids, ts = [f"s{i}" for i in range(sensors)] * steps, np.repeat(T0 + np.arange(steps) * 60.0, sensors)
+    ids, ts, values = _walks(4, 400, seed=2)
     model = _joint()
     before = [p.detach().clone() for p in model.network.parameters()]
     det = Detector(model, config=DetectorConfig(learning="online", learning_every=16, learning_rate=3e-3), channels=3)
@@ -205,10 +208,7 @@ def test_online_learning_learns_with_one_lane_per_sensor():
 
 
 def test_fit_first_fits_a_joint_model_on_one_lane_per_sensor():
-    rng = np.random.default_rng(4)
-    sensors, steps = 6, 300
-    values = rng.normal(size=(steps, sensors, 3)).cumsum(0).reshape(-1, 3)
-    ids, ts = [f"s{i}" for i in range(sensors)] * steps, np.repeat(T0 + np.arange(steps) * 60.0, sensors)
+    ids, ts, values = _walks(6, 300, seed=4)
     model = _joint()
     before = [p.detach().clone() for p in model.network.parameters()]
     det = Detector(model, config=DetectorConfig(fit_first=1200), channels=3)

@@ -174,13 +174,17 @@ def test_a_group_scores_with_one_learnt_version_and_a_restart_resumes_it(kafka_b
     assert metric(follower_text, "hiddenstate_weights_age_seconds") >= 0
 
 
+async def fit_first_group(bootstrap: str) -> tuple[dict[str, str], ServiceConfig]:
+    """Fresh one-partition topics and a group whose detector fits on its first 2,000 readings."""
+    topics = {k: unique_name(f"t-{k}") for k in ("in", "scores", "alerts", "dlq")}
+    await create_topics(bootstrap, {topics["in"]: 1, topics["scores"]: 1, topics["alerts"]: 1, topics["dlq"]: 1})
+    cfg = config(bootstrap, topics, unique_name("g"))
+    return topics, cfg.model_copy(update={"detector": DetectorConfig(channels=1, fit_first=2000)})
+
+
 def test_fit_first_in_serve_fits_once_for_the_group_and_a_restart_does_not_fit_again(kafka_bootstrap):
     async def scenario():
-        topics = {k: unique_name(f"t-{k}") for k in ("in", "scores", "alerts", "dlq")}
-        await create_topics(kafka_bootstrap, {topics["in"]: 1, topics["scores"]: 1, topics["alerts"]: 1,
-                                              topics["dlq"]: 1})
-        cfg = config(kafka_bootstrap, topics, unique_name("g")).model_copy(
-            update={"detector": DetectorConfig(channels=1, fit_first=2000)})
+        topics, cfg = await fit_first_group(kafka_bootstrap)
         clock = [0]
 
         def more(steps: int) -> list[tuple[bytes, bytes]]:
@@ -216,11 +220,7 @@ def test_fit_first_in_serve_fits_once_for_the_group_and_a_restart_does_not_fit_a
 
 def test_the_weights_command_lists_rolls_back_and_exports_a_groups_versions(kafka_bootstrap, tmp_path, capsys):
     async def scenario():
-        topics = {k: unique_name(f"t-{k}") for k in ("in", "scores", "alerts", "dlq")}
-        await create_topics(kafka_bootstrap, {topics["in"]: 1, topics["scores"]: 1, topics["alerts"]: 1,
-                                              topics["dlq"]: 1})
-        cfg = config(kafka_bootstrap, topics, unique_name("g")).model_copy(
-            update={"detector": DetectorConfig(channels=1, fit_first=2000)})
+        topics, cfg = await fit_first_group(kafka_bootstrap)
         flags = ["--bootstrap", kafka_bootstrap, "--group", cfg.group_id]
         clock = [0]
 
