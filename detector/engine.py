@@ -119,7 +119,11 @@ class StepResult:
 
 
 class Engine:
-    """Steps many sensors through one shared network, each with its own state."""
+    """Steps many sensors through one shared network, each with its own state.
+
+    path: "auto" steps waves of at most `fastpath.FAST_MAX_BATCH` readings on the fused fast path where it
+    covers the model and settings, larger ones batched; "fast" or "batched" forces one (the same results).
+    """
 
     def __init__(self, network: Network, config: DetectorConfig, channels: int, model_sha256: str = "",
                  path: str = "auto") -> None:

@@ -80,6 +80,8 @@ class FastPath:
         assert engine.pool.block("f16").shape[1] == engine.channels  # run_max is the float16 block's only field
         self._key: tuple[int, ...] | None = None
         self._weights: NetWeights | None = None
+        self._parameters: list = []
+        self._version = -1
 
     @classmethod
     def for_engine(cls, engine: Engine) -> FastPath | None:
@@ -89,9 +91,13 @@ class FastPath:
     @property
     def weights(self) -> NetWeights:
         """The network's weights as the kernel reads them, repacked whenever the torch parameters changed."""
-        key = NetWeights.key(self.engine.network)
+        network = self.engine.network
+        if self._weights is None or self._version != self.engine.weights_version:  # parameters may be new tensors
+            self._parameters, self._version = list(network.parameters()), self.engine.weights_version
+            self._key = None
+        key = NetWeights.key(self._parameters)
         if key != self._key or self._weights is None:
-            self._weights, self._key = NetWeights.of(self.engine.network), key
+            self._weights, self._key = NetWeights.of(network), key
         return self._weights
 
     def step_wave(self, result: StepResult, positions: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:

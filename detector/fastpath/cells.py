@@ -58,9 +58,10 @@ class NetWeights:
     slope: float  # leaky_relu's negative slope
 
     @staticmethod
-    def key(network: Network) -> tuple[int, ...]:
-        """Changes whenever any parameter of `network` is changed in place (torch's version counters)."""
-        return tuple(p._version for p in network.parameters())
+    def key(parameters: list[torch.Tensor]) -> tuple[int, ...]:
+        """Changes whenever any of `parameters` is changed in place (torch's version counters), as
+        `load_state_dict` and optimiser steps do."""
+        return tuple(p._version for p in parameters)
 
     @classmethod
     def of(cls, network: Network) -> NetWeights:
