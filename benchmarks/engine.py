@@ -177,6 +177,7 @@ class Runner:
             if spent >= seconds:
                 break
             self.k = min(self.k * 2, 1 << 14)
+        self.probed = 0.0  # the probe's share is of timed chunks only
         self.k = int(min(max(CHUNK_SECONDS / (dt / self.k), 1), 1 << 14, max(1, (1 << 22) // self.batch)))
 
     @property
