@@ -55,7 +55,7 @@ class EngineStats:
     gap_resets: int = 0
     alerts_raised: int = 0
     alerts_cleared: int = 0
-    network_seconds: float = 0.0
+    network_seconds: float = 0.0  # in network.step; on the fast path, its whole fused call (network and views)
 
 
 @dataclass(frozen=True)

@@ -136,10 +136,12 @@ def _compare(network, config: DetectorConfig, channels: int, stream: list, batch
 @given(seed=st.integers(0, 2**31), network=st.sampled_from(sorted(NETWORKS)), channels=st.integers(1, 3),
        sensors=st.integers(1, 6), largest=st.sampled_from([1, 3, 16]),
        views=st.sampled_from([("forecast", "level", "stuck"), ("forecast",), ("level", "stuck"), ("stuck",)]),
-       clear_level=st.sampled_from([0.995, 1.0]))
+       clear_level=st.sampled_from([0.995, 1.0]), hysteresis=st.sampled_from([(2, 3, 3), (1, 1, 1), (3, 32, 5)]))
 def test_the_fast_path_equals_the_batched_path_on_random_streams(seed, network, channels, sensors, largest, views,
-                                                                  clear_level):
-    config = CONFIG.model_copy(update={"views": views, "clear_level": clear_level})
+                                                                  clear_level, hysteresis):
+    raise_k, raise_n, clear_m = hysteresis
+    config = CONFIG.model_copy(update={"views": views, "clear_level": clear_level, "raise_k": raise_k,
+                                       "raise_n": raise_n, "clear_m": clear_m})
     stream = _stream(seed, sensors, steps=60, channels=channels)
     torch.manual_seed(seed % 1000)
     fast, _ = _compare(NETWORKS[network](), config, channels, stream, seed + 1, largest)
@@ -196,6 +198,11 @@ def test_what_the_fast_path_does_not_cover_runs_batched(overrides, reason):
     assert engine.fast is None and reason in not_covered(engine)
     with pytest.raises(ValueError, match=reason):
         Engine(NETWORKS["gru-2x8"](), config, 2, SHA, path="fast")
+
+
+def test_a_path_is_one_of_three():
+    with pytest.raises(ValueError, match="auto, fast, batched"):
+        Engine(NETWORKS["gru-2x8"](), CONFIG, 1, SHA, path="quick")
 
 
 @pytest.mark.parametrize("name", ["encdec-default", "bidir-default"])
