@@ -252,7 +252,8 @@ class _ServiceCollector(Collector):
         yield _counter("alerts_cleared", "Alert episodes cleared.", es.alerts_cleared if es else 0)
         yield _counter("gap_resets", "Hidden states reset because a sensor was silent longer than max_gap.",
                        es.gap_resets if es else 0)
-        yield _counter("network_seconds", "Time spent in the network's forward step.",
+        yield _counter("network_seconds", "Time spent in the network's forward step (the whole fused step on the"
+                       " fast path for small batches).",
                        es.network_seconds if es else 0.0)
 
         # state pool

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from detector import alerts
+from detector import alerts, fastpath
 from detector.scoring import calibration, causes, correlation, flatline, levels, normalise, seasons, thresholds
 from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
@@ -56,7 +56,7 @@ class EngineStats:
     gap_resets: int = 0
     alerts_raised: int = 0
     alerts_cleared: int = 0
-    network_seconds: float = 0.0
+    network_seconds: float = 0.0  # in network.step; on the fast path, its whole fused call (network and views)
 
 
 @dataclass(frozen=True)
@@ -120,9 +120,14 @@ class StepResult:
 
 
 class Engine:
-    """Steps many sensors through one shared network, each with its own state."""
+    """Steps many sensors through one shared network, each with its own state.
 
-    def __init__(self, network: Network, config: DetectorConfig, channels: int, model_sha256: str = "") -> None:
+    path: "auto" steps waves of at most `fastpath.FAST_MAX_BATCH` readings on the fused fast path where it
+    covers the model and settings, larger ones batched; "fast" or "batched" forces one (the same results).
+    """
+
+    def __init__(self, network: Network, config: DetectorConfig, channels: int, model_sha256: str = "",
+                 path: str = "auto") -> None:
         offset = getattr(network, "target_offset", 1)
         if offset > 1:
             raise ModelError(f"{type(network).__name__} estimates the reading {offset} steps ahead; the engine scores"
@@ -159,9 +164,15 @@ class Engine:
         self.stats = EngineStats()
         self._max_ts = -np.inf
         self._last_idle_sweep = -np.inf
+        if path not in fastpath.PATHS:
+            raise ValueError(f"path must be one of {', '.join(fastpath.PATHS)}, not {path!r}")
+        self.fast = None if path == "batched" else fastpath.FastPath(self) if path == "fast" else \
+            fastpath.FastPath.for_engine(self)
+        """The fused path for small waves (`detector.fastpath`; path "fast": every wave), None where not covered."""
+        self._fast_max = np.inf if path == "fast" else fastpath.FAST_MAX_BATCH
 
     @classmethod
-    def for_model(cls, model: Model, config: DetectorConfig, channels: int) -> Engine:
+    def for_model(cls, model: Model, config: DetectorConfig, channels: int, path: str = "auto") -> Engine:
         """An engine for a loaded model: its network, with state records stamped with its weights' hash.
 
         A model fitted on inputs normalised over another `norm_window` than the engine's sees inputs scaled
@@ -174,7 +185,7 @@ class Engine:
             log.warning("model %s was fitted with norm_window = %g but the engine normalises with norm_window = %g: "
                         "its forecasts will be off; set norm_window = %g or retrain (hiddenstate train --config)",
                         model.model_id, float(window), config.norm_window, float(window))
-        return cls(model.network, config, channels, model.meta.get("sha256", ""))
+        return cls(model.network, config, channels, model.meta.get("sha256", ""), path)
 
     def step(
         self,
@@ -221,7 +232,8 @@ class Engine:
                 status[positions[slots < 0]] = RejectReason.BAD_SENSOR_ID
                 positions, slots = positions[slots >= 0], slots[slots >= 0]
             for members in waves(slots):
-                self._step_wave(result, positions[members], slots[members], values)
+                fused = self.fast is not None and members.size <= self._fast_max
+                (self.fast.step_wave if fused else self._step_wave)(result, positions[members], slots[members], values)
             if positions.size:
                 self._max_ts = max(self._max_ts, float(ts[positions].max()))
         rejected = status != SCORED

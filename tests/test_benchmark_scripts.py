@@ -36,6 +36,16 @@ def test_engine_plot_only_redraws_the_png_from_the_json(tmp_path):
     assert (tmp_path / "engine.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_fastpath_benchmark_smoke_run_times_both_paths(tmp_path):
+    cmd = [sys.executable, str(BENCH / "fastpath.py"), "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    cells = json.loads((tmp_path / "fastpath.json").read_text())["cells"]
+    assert [c["batch"] for c in cells] == [1, 64]
+    assert all(c["fast_us_per_reading"] > 0 and c["batched_us_per_reading"] > 0 for c in cells)
+    assert "| 1 |" in (tmp_path / "fastpath.md").read_text()
+
+
 def test_models_benchmark_smoke_run_covers_a_forecaster_and_a_look_ahead_model(tmp_path):
     cmd = [sys.executable, str(BENCH / "models.py"), "--models", "gru-default,bidir-default", "--seconds", "0.05",
            "--sensors", "40", "--steps", "120", "--out", str(tmp_path)]

@@ -211,6 +211,11 @@ class StatePool:
             out.append((name, block, start, stop))
         return sorted(out, key=lambda f: (list(self._blocks).index(f[1]), f[2], f[3]))
 
+    def block(self, name: str) -> np.ndarray:
+        """The live block `name` ("f32", "f64", "i32", "i8", "f16"), [allocated, width]: for code that works on
+        the pool in place (`detector.fastpath`). Growth replaces it: take it again after `assign`."""
+        return self._blocks[name]
+
     def rows(self, blocks: dict[str, np.ndarray]) -> Rows:
         """Named views over row blocks of this pool's layout (e.g. decoded from a checkpoint)."""
         return Rows(blocks, self._layout)
