@@ -51,6 +51,7 @@ import numpy as np
 import orjson
 
 from consumers.channels import ChannelNames, valid_channel_name
+from consumers.singles import BAD_TS_DETAIL, singles
 from detector.readings.coerce import MAX_ABS_VALUE, coerce_sensor_id, coerce_values
 from detector.readings.reasons import SCORED, RejectReason
 from detector.readings.timestamps import ahead_of_clock, epoch_numbers, to_seconds
@@ -155,6 +156,9 @@ class Decoder:
 
     def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
         """Decode (key, value) pairs into one row per reading; never raises."""
+        fast = singles(self, messages)  # a batch of plain one-reading messages, in one pass (consumers/singles.py)
+        if fast is not None:
+            return self._finish(fast)
         # in message order: a row (message, index in its batch or -1, parsed JSON of a batched reading,
         # (sensor id, ts, raw values) or why it is dead), or a columnar batch decoded in one go
         pieces: list[tuple[int, int, object, tuple] | _Block] = []
@@ -224,6 +228,10 @@ class Decoder:
             out.message[i], out.index[i], out.items[i] = piece[0], piece[1], piece[2]
             self._fill(out, i, piece[3])
             i += 1
+        return self._finish(out)
+
+    def _finish(self, out: Decoded) -> Decoded:
+        """The rows too far ahead of the clock, and the channel sets of rows whose sensor's is from before the batch."""
         self._check_future(out)
         earlier = np.flatnonzero(out.channel_set < 0)
         if self.names.any_bound:
@@ -257,7 +265,7 @@ class Decoder:
             return
         if not math.isfinite(ts):
             out.status[i] = RejectReason.BAD_TIMESTAMP
-            out.details[i] = "ts is not an epoch number or ISO-8601 string of an instant from 1970 to 5138"
+            out.details[i] = BAD_TS_DETAIL
             return
         out.ts[i] = ts  # a ts too far ahead of the clock is found for the whole batch at once (`_check_future`)
         if self.channels is None:  # no message of the batch could say how many channels there are
