@@ -154,11 +154,26 @@ class Decoder:
         self.sensor_id_pattern = re.compile(sensor_id_pattern) if sensor_id_pattern is not None else None
         self.max_future_seconds = max_future_seconds
 
+    def _plain_rows(self, ids: list[str], raw_ts: np.ndarray, values: np.ndarray) -> Decoded:
+        """The rows of `singles`' one-reading messages (before `_finish`)."""
+        n, ts = len(ids), epoch_numbers(raw_ts)
+        bad = np.isnan(ts)  # as `_fill` says of a ts that names no usable instant
+        out = Decoded(
+            sensor_ids=ids, ts=ts, values=np.where(bad[:, None], np.nan, values.reshape(n, 1)),
+            status=np.where(bad, np.int8(RejectReason.BAD_TIMESTAMP), np.int8(0)).astype(np.int8),
+            dead=[None] * n, details=[BAD_TS_DETAIL if b else None for b in bad.tolist()],
+            message=np.arange(n, dtype=np.int64), index=np.full(n, -1, dtype=np.int64), items=[None] * n,
+            channel_set=np.full(n, -1, dtype=np.int32))  # the sensors' bindings from before this batch
+        out.__dict__["engine_rows"] = np.arange(n, dtype=np.int64)  # every row (its cached_property, already known)
+        self._sets = {}  # no sensor takes channel names from a plain number
+        self.channels = self.channels or 1  # learnt from the first decodable reading, as the general path does
+        return out
+
     def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
         """Decode (key, value) pairs into one row per reading; never raises."""
-        fast = singles(self, messages)  # a batch of plain one-reading messages, in one pass (consumers/singles.py)
-        if fast is not None:
-            return self._finish(fast)
+        plain = singles(messages, self.channels, self.max_key_bytes, self.max_message_bytes, self.sensor_id_pattern)
+        if plain is not None:  # a batch of plain one-reading messages, decoded in one pass (consumers/singles.py)
+            return self._finish(self._plain_rows(*plain))
         # in message order: a row (message, index in its batch or -1, parsed JSON of a batched reading,
         # (sensor id, ts, raw values) or why it is dead), or a columnar batch decoded in one go
         pieces: list[tuple[int, int, object, tuple] | _Block] = []

@@ -15,29 +15,27 @@ path makes of them (tests/test_decode_singles.py checks both on the same batches
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
 from detector.readings.coerce import MAX_ABS_VALUE, MAX_SENSOR_ID_LENGTH
-from detector.readings.reasons import RejectReason
-from detector.readings.timestamps import epoch_numbers
-
-if TYPE_CHECKING:
-    from consumers.decode import Decoded, Decoder
 
 BAD_TS_DETAIL = "ts is not an epoch number or ISO-8601 string of an instant from 1970 to 5138"
 
 _NUMBERS = (float, int)  # exact types: bool is an int subclass, and not a number here
 
 
-def singles(decoder: Decoder, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded | None:
-    """The rows of a batch of plain one-reading messages (before `Decoder._finish`), else None (nothing changed)."""
-    if decoder.channels not in (None, 1) or not messages:
+def singles(messages: Sequence[tuple[bytes | None, bytes | None]], channels: int | None, max_key: int, max_bytes: int,
+            pattern: re.Pattern[str] | None) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """(sensor ids, raw numeric ts, values) of a batch of plain one-reading messages, else None.
+
+    channels, max_key, max_bytes, pattern: the decoder's channel count and limits (`Decoder`).
+    """
+    if channels not in (None, 1) or not messages:
         return None
-    max_key, max_bytes, pattern = decoder.max_key_bytes, decoder.max_message_bytes, decoder.sensor_id_pattern
     loads, numbers = orjson.loads, _NUMBERS
     ids: list[str] = []
     stamps: list[float | int] = []
@@ -77,23 +75,4 @@ def singles(decoder: Decoder, messages: Sequence[tuple[bytes | None, bytes | Non
         raw = np.fromiter(map(float, stamps), dtype=np.float64, count=len(stamps))
     except OverflowError:  # an integer ts beyond float range: the general path says why
         return None
-    from consumers.decode import Decoded  # (decode.py imports this module)
-
-    n = len(ids)
-    ts = epoch_numbers(raw)
-    bad = np.isnan(ts)  # as `Decoder._fill` says of a ts that names no usable instant
-    out = Decoded(
-        sensor_ids=ids, ts=ts, values=np.array(values, dtype=np.float64).reshape(n, 1),
-        status=np.where(bad, np.int8(RejectReason.BAD_TIMESTAMP), np.int8(0)).astype(np.int8),
-        dead=[None] * n, details=[None] * n, message=np.arange(n, dtype=np.int64),
-        index=np.full(n, -1, dtype=np.int64), items=[None] * n,
-        channel_set=np.full(n, -1, dtype=np.int32),  # the sensors' bindings from before this batch
-    )
-    out.values[bad] = np.nan
-    for i in np.flatnonzero(bad).tolist():
-        out.details[i] = BAD_TS_DETAIL
-    out.__dict__["engine_rows"] = np.arange(n, dtype=np.int64)  # every row (its cached_property, already known)
-    decoder._sets = {}  # no sensor takes channel names from a plain number
-    if decoder.channels is None:
-        decoder.channels = 1  # learnt from the first decodable reading, as the general path does
-    return out
+    return ids, raw, np.array(values, dtype=np.float64)
