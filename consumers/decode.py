@@ -156,7 +156,7 @@ class Decoder:
 
     def decode(self, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded:
         """Decode (key, value) pairs into one row per reading; never raises."""
-        fast = singles(self, messages)  # a batch of plain one-reading messages, in one pass (consumers/singles.py)
+        fast = singles(self, messages, Decoded)  # a batch of plain one-reading messages, in one pass (consumers/singles.py)
         if fast is not None:
             return self._finish(fast)
         # in message order: a row (message, index in its batch or -1, parsed JSON of a batched reading,

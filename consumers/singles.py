@@ -16,8 +16,6 @@ path makes of them (tests/test_decode_singles.py checks both on the same batches
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
 import numpy as np
 import orjson
 
@@ -25,16 +23,14 @@ from detector.readings.coerce import MAX_ABS_VALUE, MAX_SENSOR_ID_LENGTH
 from detector.readings.reasons import RejectReason
 from detector.readings.timestamps import epoch_numbers
 
-if TYPE_CHECKING:
-    from consumers.decode import Decoded, Decoder
-
 BAD_TS_DETAIL = "ts is not an epoch number or ISO-8601 string of an instant from 1970 to 5138"
 
 _NUMBERS = (float, int)  # exact types: bool is an int subclass, and not a number here
 
 
-def singles(decoder: Decoder, messages: Sequence[tuple[bytes | None, bytes | None]]) -> Decoded | None:
-    """The rows of a batch of plain one-reading messages (before `Decoder._finish`), else None (nothing changed)."""
+def singles(decoder, messages: Sequence[tuple[bytes | None, bytes | None]], decoded: type):  # noqa: ANN001, ANN201
+    """The rows of a batch of plain one-reading messages as a `decoded` (consumers.decode.Decoded, passed in: that
+    module imports this one), before `Decoder._finish`; else None (nothing changed)."""
     if decoder.channels not in (None, 1) or not messages:
         return None
     max_key, max_bytes, pattern = decoder.max_key_bytes, decoder.max_message_bytes, decoder.sensor_id_pattern
@@ -77,12 +73,10 @@ def singles(decoder: Decoder, messages: Sequence[tuple[bytes | None, bytes | Non
         raw = np.fromiter(map(float, stamps), dtype=np.float64, count=len(stamps))
     except OverflowError:  # an integer ts beyond float range: the general path says why
         return None
-    from consumers.decode import Decoded  # (decode.py imports this module)
-
     n = len(ids)
     ts = epoch_numbers(raw)
     bad = np.isnan(ts)  # as `Decoder._fill` says of a ts that names no usable instant
-    out = Decoded(
+    out = decoded(
         sensor_ids=ids, ts=ts, values=np.array(values, dtype=np.float64).reshape(n, 1),
         status=np.where(bad, np.int8(RejectReason.BAD_TIMESTAMP), np.int8(0)).astype(np.int8),
         dead=[None] * n, details=[None] * n, message=np.arange(n, dtype=np.int64),

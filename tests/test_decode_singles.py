@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from consumers.decode import Decoder
+from consumers.decode import Decoded, Decoder
 from consumers.singles import singles
 from detector.readings.reasons import RejectReason
 
@@ -55,7 +55,7 @@ def same_rows(fast, slow, n: int) -> None:
 @pytest.mark.parametrize("future", [None, 3600.0])
 def test_plain_batch_decodes_in_one_pass_to_what_the_general_path_makes_of_it(channels, future):
     fast_decoder = Decoder(channels=channels, max_future_seconds=future)
-    assert singles(fast_decoder, PLAIN) is not None
+    assert singles(fast_decoder, PLAIN, Decoded) is not None
     fast = fast_decoder.decode(PLAIN)
     slow = general(Decoder(channels=channels, max_future_seconds=future), PLAIN)
     same_rows(fast, slow, len(PLAIN))
@@ -69,8 +69,8 @@ def test_plain_batch_decodes_in_one_pass_to_what_the_general_path_makes_of_it(ch
 
 def test_a_sensor_id_pattern_is_checked_on_the_fast_path():
     batch = [msg({"sensor_id": "pump-7", "ts": 1_700_000_000, "value": 1.0})]
-    assert singles(Decoder(sensor_id_pattern=r"pump-\d+"), batch) is not None
-    assert singles(Decoder(sensor_id_pattern=r"fan-\d+"), batch) is None  # its dead letter says why
+    assert singles(Decoder(sensor_id_pattern=r"pump-\d+"), batch, Decoded) is not None
+    assert singles(Decoder(sensor_id_pattern=r"fan-\d+"), batch, Decoded) is None  # its dead letter says why
     dead = Decoder(sensor_id_pattern=r"fan-\d+").decode(batch).dead[0]
     assert dead is not None and dead[0].value == "bad_sensor_id"
 
@@ -105,7 +105,7 @@ OTHERS = {
 def test_any_other_message_sends_the_whole_batch_to_the_general_path(what):
     batch = [*PLAIN[:3], OTHERS[what], *PLAIN[3:5]]
     decoder = Decoder()
-    assert singles(decoder, batch) is None
+    assert singles(decoder, batch, Decoded) is None
     assert decoder.channels is None  # nothing learnt or changed by the attempt
     decoded = decoder.decode(batch)
     assert len(decoded) == len(batch)
@@ -113,7 +113,7 @@ def test_any_other_message_sends_the_whole_batch_to_the_general_path(what):
 
 
 def test_a_stream_of_several_channels_never_takes_the_fast_path():
-    assert singles(Decoder(channels=2), PLAIN) is None
+    assert singles(Decoder(channels=2), PLAIN, Decoded) is None
     named = Decoder(channel_names=["temp"])  # one configured name: a plain value is that channel's
-    assert singles(named, PLAIN) is not None
+    assert singles(named, PLAIN, Decoded) is not None
     same_rows(named.decode(PLAIN), general(Decoder(channel_names=["temp"]), PLAIN), len(PLAIN))
