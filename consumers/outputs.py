@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from consumers import score_json
 from consumers.channels import ChannelNames
 from consumers.config import ServiceConfig
 from consumers.decode import DeadLetterReason, Decoded
@@ -42,13 +43,19 @@ class Output:
     partition: int | None = None  # explicit partition (changelog records); None = by key
 
 
+_PARTITION_HEADERS: dict[tuple[str, int], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
+"""The source_topic and source_partition headers of each input partition seen (the same on every output)."""
+
+
 def source_headers(msg, index: int = -1) -> list[tuple[str, bytes]]:
     """Where an output's input was read; `source_index`: the reading's position in a batched message."""
-    headers = [
-        ("source_topic", msg.topic.encode()),
-        ("source_partition", str(msg.partition).encode()),
-        ("source_offset", str(msg.offset).encode()),
-    ]
+    where = _PARTITION_HEADERS.get((msg.topic, msg.partition))
+    if where is None:
+        if len(_PARTITION_HEADERS) > 10_000:
+            _PARTITION_HEADERS.clear()
+        where = _PARTITION_HEADERS[(msg.topic, msg.partition)] = (
+            ("source_topic", msg.topic.encode()), ("source_partition", str(msg.partition).encode()))
+    headers = [*where, ("source_offset", b"%d" % msg.offset)]
     if index >= 0:
         headers.append(("source_index", str(index).encode()))
     return headers
@@ -62,6 +69,7 @@ class OutputBuilder:
         self.model_id = model_id
         self.names = names  # each sensor's channel names (or the configured ones) name its scores and alerts
         self.stats = stats
+        self.sensor_text = score_json.SensorText()  # each sensor id's JSON and key, for its score records
 
     def build(self, messages: list, decoded: Decoded, result: StepResult | None) -> list[Output]:
         """The batch's dead letters, score records and alert events, in input order per kind."""
@@ -100,6 +108,11 @@ class OutputBuilder:
         if self.config.score_records == "per_message":
             columns = _per_message(messages, decoded, result, scored, self.names)
         else:
+            js = scored[result.released[scored]]
+            if _names_of(self.names, decoded, js) is None:  # channels as lists: written a column at a time
+                outputs = self._json_records(messages, decoded, result, js)
+                self.stats.score_messages += len(outputs)
+                return outputs
             columns = _per_reading(messages, decoded, result, scored, self.names)
         topic, model_id, delay, version = self.config.scores_topic, self.model_id, result.delay, result.weights_version
         outputs = []
@@ -112,6 +125,17 @@ class OutputBuilder:
             outputs.append(Output(topic, sensor.encode(), orjson.dumps(doc, option=JSON_OPTIONS), headers))
         self.stats.score_messages += len(outputs)
         return outputs
+
+    def _json_records(self, messages: list, decoded: Decoded, result: StepResult, js: np.ndarray) -> list[Output]:
+        """The per-reading score records of released rows `js` whose channels are lists, their JSON written a column
+        at a time (consumers/score_json.py: the same bytes as `orjson.dumps` of each record's dict)."""
+        sensors, headers = _sources(messages, decoded, result, js)
+        json_ids, keys = self.sensor_text.of(sensors)
+        values = score_json.records(json_ids, result.target_ts[js], result.score[js], result.surprise[js],
+                                    result.anomalous[js], result.alerting[js], result.expected[js], result.seen[js],
+                                    self.model_id, result.weights_version, result.delay)
+        topic = self.config.scores_topic
+        return [Output(topic, k, v, h) for k, v, h in zip(keys, values, headers)]
 
     def _alerts(self, messages: list, decoded: Decoded, result: StepResult) -> list[Output]:
         """One record per alert event, headers `alert_id` and `kind` (the dedup key), then the source headers of
@@ -159,25 +183,34 @@ def _names_of(sets: ChannelNames, decoded: Decoded, js: np.ndarray) -> list[list
     return [named[k] for k in ids] if any(named.values()) else None
 
 
+def _sources(messages: list, decoded: Decoded, result: StepResult, js: np.ndarray
+             ) -> tuple[list[str], list[list[tuple[str, bytes]]]]:
+    """The sensor and the source headers of each of these engine rows (the readings of one message share theirs,
+    plus `source_index` in a batched message)."""
+    rows = decoded.engine_rows[js]
+    row_message, row_index = decoded.message[rows].tolist(), decoded.index[rows].tolist()
+    sensor_ids = result.sensor_ids
+    sensors = [sensor_ids[j] for j in js.tolist()]
+    if not any(i >= 0 for i in row_index) and len(set(row_message)) == len(row_message):  # one reading a message
+        return sensors, [source_headers(messages[m]) for m in row_message]
+    headers = []
+    message_headers: dict[int, list[tuple[str, bytes]]] = {}
+    for m, index in zip(row_message, row_index):
+        h = message_headers.get(m)
+        if h is None:
+            h = message_headers[m] = source_headers(messages[m])
+        if index >= 0:  # a reading of a batched message
+            h = [*h, ("source_index", str(index).encode())]
+        headers.append(h)
+    return sensors, headers
+
+
 def _per_reading(messages: list, decoded: Decoded, result: StepResult, scored: np.ndarray,
                  sets: ChannelNames) -> Columns:
     """One score record per released reading, its fields numbers (channels: a list, or an object by its sensor's
     names)."""
     js = scored[result.released[scored]]
-    row_message, row_index = decoded.message.tolist(), decoded.index.tolist()
-    rows_of, sensor_ids = decoded.engine_rows.tolist(), result.sensor_ids
-    sensors, headers = [], []
-    message_headers: dict[int, list[tuple[str, bytes]]] = {}
-    for j in js.tolist():  # python lists, numpy arrays indexed once per batch: per reading they are slow
-        i = rows_of[j]
-        m = row_message[i]
-        h = message_headers.get(m)
-        if h is None:
-            h = message_headers[m] = source_headers(messages[m])
-        if row_index[i] >= 0:  # a reading of a batched message
-            h = [*h, ("source_index", str(row_index[i]).encode())]
-        sensors.append(sensor_ids[j])
-        headers.append(h)
+    sensors, headers = _sources(messages, decoded, result, js)
     expected, seen = result.expected[js].tolist(), result.seen[js].tolist()
     names = _names_of(sets, decoded, js)
     if names is not None:
