@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -119,3 +120,22 @@ def test_latency_benchmark_smoke_run_measures_each_setting_it_names(request, tmp
     text = (tmp_path / "latency.md").read_text()
     assert "| 1,000 | off | – |" in text and f"| 1,000 | {point['achieved_rate']:,.0f}" in text
     assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transport_benchmark_smoke_run_measures_each_client_it_has(request, tmp_path):
+    """benchmarks/transport.py on the test broker: every row it reports moved all its messages (confluent-kafka's
+    rows only where that optional client is installed)."""
+    bootstrap = request.getfixturevalue("kafka_bootstrap")
+    cmd = [sys.executable, str(BENCH / "transport.py"), "--quick", "--messages", "3000", "--bootstrap", bootstrap,
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    res = json.loads((tmp_path / "transport.json").read_text())
+    clients = ["aiokafka"] + (["confluent-kafka"] if importlib.util.find_spec("confluent_kafka") else [])
+    measures = [row["measure"] for row in res["rows"]]
+    for kind in ("produce", "consume", "relay"):
+        assert {c for c in clients if any(m.startswith(f"{kind}: {c}") for m in measures)} == set(clients), measures
+    assert "produce: aiokafka, record batches (the service's Delivery)" in measures
+    for row in res["rows"]:
+        assert res["messages"] == 3000 and len(row["runs_per_s"]) == 1 and row["median_per_s"] > 0, row
+    assert "| relay: aiokafka |" in (tmp_path / "transport.md").read_text()
