@@ -173,10 +173,12 @@ def fast_producer(bootstrap: str):
 
 
 def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namespace, **overrides: object):
-    """The service's settings for a run on `topics`: the defaults, `args`' batching options, then `overrides`."""
+    """The service's settings for a run on `topics`: the defaults, `args`' batching options, then `overrides`
+    (`learning` is the detector's)."""
     from consumers.config import ServiceConfig
     from detector.config import DetectorConfig
 
+    learning = overrides.pop("learning", "off")
     kw: dict[str, object] = {"max_batch": args.max_batch} if args.max_batch else {}
     kw["score_records"] = args.score_records
     if args.batch_per_message > 1:  # ~45 bytes a reading in the envelope
@@ -185,7 +187,8 @@ def service_config(bootstrap: str, topics: dict[str, str], args: argparse.Namesp
     return ServiceConfig(
         bootstrap_servers=bootstrap, input_topics=[topics["in"]], scores_topic=topics["scores"],
         alerts_topic=topics["alerts"], dead_letter_topic=topics["dlq"], group_id=unique("bench-group"),
-        metrics_address="127.0.0.1", metrics_port=0, detector=DetectorConfig(channels=1, model=args.model),
+        metrics_address="127.0.0.1", metrics_port=0,
+        detector=DetectorConfig(channels=1, model=args.model, learning=learning),
         **{**kw, **overrides},
     )
 
@@ -460,6 +463,7 @@ async def latency(bootstrap: str, args: argparse.Namespace, model, **overrides: 
     result.update(rate=args.rate, duration=args.duration, sensors=args.sensors, partitions=args.partitions,
                   max_batch=cfg.max_batch, linger_ms=cfg.linger_ms, poll_timeout_ms=cfg.poll_timeout_ms,
                   max_batch_delay_ms=cfg.max_batch_delay_ms, pipelining=cfg.pipelining,
+                  learning=cfg.detector.learning,
                   mean_batch=service.stats.messages / max(service.stats.batches, 1))
     return result
 

@@ -8,6 +8,8 @@ topic; latency = score received − reading sent, the first 2 s left out. Three 
 - **curve**: the service's defaults at each offered rate of `--rates`: p50/p90/p99/max and the rate
   the load process achieved (it shares the cores with the broker and the service, so at high rates
   it falls short of the offer: the achieved column says what was measured);
+- **learning**: the same curve with `learning = "online"` (the shared weights learning from the stream on
+  the engine's thread), each rate run right after its defaults run (`--no-learning`: skip it);
 - **delays**: at each rate of `--delay-rates`, `max_batch_delay_ms` = each of `--delays` with pipelining
   on, then `pipelining = false` (which never polls with a batch in flight, so no delay applies), all of
   them once per round for `--rounds` interleaved rounds; the table gives each setting's median over the
@@ -56,7 +58,11 @@ def behind(r: dict) -> bool:
 
 def run_all(bootstrap: str, args: argparse.Namespace, model) -> dict:
     print(f"curve: the service's defaults at {len(args.rates)} offered rates, {args.duration:g} s each", flush=True)
-    curve = [measure(bootstrap, args, model, rate) for rate in args.rates]
+    curve, learning = [], []
+    for rate in args.rates:
+        curve.append(measure(bootstrap, args, model, rate))
+        if args.learning:
+            learning.append(measure(bootstrap, args, model, rate, learning="online"))
     runs = []
     if args.delays:
         print(f"delays: max_batch_delay_ms in {args.delays} with pipelining on, then pipelining off, at "
@@ -69,7 +75,8 @@ def run_all(bootstrap: str, args: argparse.Namespace, model) -> dict:
     summary = summarise(runs)
     heavy = [r for r in summary if r["pipelining"] and r["rate"] == max(args.delay_rates)]
     chosen = min(heavy, key=lambda r: r["p99_ms"])["max_batch_delay_ms"] if heavy else None
-    return {"curve": curve, "runs": runs, "delays": summary, "lowest_p99_delay_ms": chosen, "rounds": args.rounds}
+    return {"curve": curve, "learning_curve": learning, "runs": runs, "delays": summary,
+            "lowest_p99_delay_ms": chosen, "rounds": args.rounds}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -133,6 +140,12 @@ def markdown(res: dict) -> str:
                   "| offered readings/s | " + HEADER, _rule(8)]
         lines += [_row(r, f"{r['rate']:,.0f}") for r in res["curve"]]
         lines.append("")
+    if res["learning_curve"]:
+        lines += ['## The same with `learning = "online"`, each rate run right after its defaults run', "",
+                  "| offered readings/s | " + HEADER + " p99 with learning off |", _rule(9)]
+        off = {r["rate"]: r["p99_ms"] for r in res["curve"]}
+        lines += [_row(r, f"{r['rate']:,.0f}") + f" {off[r['rate']]:.1f} |" for r in res["learning_curve"]]
+        lines.append("")
     if res["delays"]:
         lines += [f"## max_batch_delay_ms and pipelining: median of {res['rounds']} interleaved round(s)", "",
                   ("Each round runs every setting below once, in this order (pipelining off never polls with a "
@@ -150,10 +163,14 @@ def plot(res: dict, path: Path) -> Path:
     panels = []
     styles = {"p50_ms": {}, "p90_ms": {"linestyle": "--"}, "p99_ms": {"linewidth": 2.2}, "max_ms": {"linestyle": ":"}}
     if res["curve"]:
-        c = res["curve"]
+        c, learning = res["curve"], res.get("learning_curve", [])
         panels.append(Panel("latency against offered rate (service defaults)", "offered readings/s", "ms",
                             [Line(k.removesuffix("_ms"), [r["rate"] for r in c], [r[k] for r in c], styles[k])
-                             for k in FIGURES], logy=True, hlines={"target p99 at 10k/s: 50 ms": TARGET_P99_MS}))
+                             for k in FIGURES]
+                            + [Line(f"{k.removesuffix('_ms')}, learning online", [r["rate"] for r in learning],
+                                    [r[k] for r in learning], {**styles[k], "color": "tab:red"})
+                               for k in ("p50_ms", "p99_ms") if learning],
+                            logy=True, hlines={"target p99 at 10k/s: 50 ms": TARGET_P99_MS}))
         panels.append(Panel("achieved against offered", "offered readings/s", "achieved readings/s",
                             [Line("achieved", [r["rate"] for r in c], [r["achieved_rate"] for r in c]),
                              Line("offered", [r["rate"] for r in c], [r["rate"] for r in c],
@@ -190,6 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delay-rates", default=None, help="offered rates of the comparison (default 1000,10000; "
                                                        "quick 1000)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds of the comparison (default 2; quick 1)")
+    p.add_argument("--no-learning", dest="learning", action="store_false",
+                   help="leave out the curve with learning = online")
     p.add_argument("--profile", action="store_true", help="instead: one run at the first of --rates under cProfile, "
                                                           "print the service process's top functions")
     p.add_argument("--duration", type=float, default=None, help="seconds offered per row (default 10; quick 3)")

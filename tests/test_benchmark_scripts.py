@@ -110,10 +110,12 @@ def test_latency_benchmark_smoke_run_measures_each_setting_it_names(request, tmp
     assert done.returncode == 0, done.stderr
     res = json.loads((tmp_path / "latency.json").read_text())
     (point,) = res["curve"]
-    assert point["rate"] == 1000 and point["pipelining"] is True
+    assert point["rate"] == 1000 and point["pipelining"] is True and point["learning"] == "off"
+    (learning,) = res["learning_curve"]
+    assert learning["rate"] == 1000 and learning["learning"] == "online"
     settings = [(r["pipelining"], r["max_batch_delay_ms"]) for r in res["runs"]]
     assert settings == [(True, 0), (True, 5), (False, point["max_batch_delay_ms"])]  # the service ran with each
-    for r in [point, *res["runs"]]:
+    for r in [point, learning, *res["runs"]]:
         assert r["missing"] == 0 and r["measured"] > 0, r
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
     assert len(res["delays"]) == 3 and res["lowest_p99_delay_ms"] in (0, 5)
