@@ -27,7 +27,6 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -39,6 +38,7 @@ from consumers.errors import BrokerWaitTimeout, ServiceError
 from consumers.logs import error_text
 from consumers.metrics import ServiceStats
 from consumers.outputs import Output
+from consumers.partitioner import KeyPartitions
 from consumers.waits import Waiting, bounded
 
 log = logging.getLogger("hiddenstate.serve")
@@ -67,7 +67,7 @@ class Delivery:
         self.heartbeat = heartbeat
         self.waiting = waiting
         self.producer: AIOKafkaProducer | None = None  # started by the service, replaced here after failures
-        self._partitioner = DefaultPartitioner()  # the producer's, for outputs sent as record batches
+        self._partitions = KeyPartitions()  # the producer's partitioner, for outputs sent as record batches
         outputs = (config.scores_topic, config.alerts_topic, config.dead_letter_topic)
         self.limits: dict[str, int] = {t: min(DEFAULT_TOPIC_BYTES, request_bytes(config)) for t in outputs}
         """The most bytes a record batch may have, per output topic (scores, alerts, dead letters)."""
@@ -230,7 +230,6 @@ class Delivery:
         producer = self.producer
         assert producer is not None
         partitions: dict[str, list[int] | BaseException] = {}
-        chosen: dict[tuple[str, bytes | None], int] = {}  # the partitioner hashes in python: once per key and topic
         batches: dict[tuple[str, int], tuple[BatchBuilder, list[Output]]] = {}
         sent: Sent = []
         outputs = self._fitted(outputs)
@@ -249,8 +248,6 @@ class Delivery:
 
         for out in outputs:
             partition = out.partition
-            if partition is None and out.key is not None:
-                partition = chosen.get((out.topic, out.key))
             if partition is None:
                 parts = partitions.get(out.topic)
                 if parts is None:
@@ -261,9 +258,7 @@ class Delivery:
                 if isinstance(parts, BaseException):
                     sent.append(([out], parts))
                     continue
-                partition = self._partitioner(out.key, parts, parts)
-                if out.key is not None:
-                    chosen[(out.topic, out.key)] = partition
+                partition = self._partitions.of(out.topic, out.key, parts)
             slot = (out.topic, partition)
             if slot not in batches:
                 batches[slot] = (new_batch(out.topic), [])
