@@ -2,9 +2,9 @@
 
 Measures readings/s of `Detector.score_arrays` (= `Engine.step`: validation, slot lookup,
 normalisation, network step, calibration, threshold, alert hysteresis, state scatter) for every
-(fleet size, batch size) cell, with one torch thread. Batches of at most `FAST_MAX_BATCH` readings take
-the engine's fast path (`detector.fastpath`), as they do by default; benchmarks/fastpath.py times the two
-paths side by side. In the same run it measures
+(fleet size, batch size) cell, with one torch thread. Every batch takes the engine's fused path (`detector.fastpath`), as
+by default: with its own network cell up to `FAST_MAX_BATCH` readings, torch's above; benchmarks/fastpath.py
+times the paths side by side. In the same run it measures
 
 - River `preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees()` (defaults), score_one +
   learn_one per reading, ONE model for the whole stream: River keeps no per-sensor state, so a
@@ -55,7 +55,6 @@ import torch  # noqa: E402
 from detector import Detector  # noqa: E402
 from detector.scoring import calibration  # noqa: E402
 from detector.errors import ModelError  # noqa: E402
-from detector.fastpath import FAST_MAX_BATCH  # noqa: E402
 from detector.model.store import Model, load_model, untrained  # noqa: E402
 import machine  # noqa: E402  (benchmarks/machine.py, next to this script)
 from plots import Line, Panel, save_panels  # noqa: E402  (benchmarks/plots.py)
@@ -554,7 +553,7 @@ def notes(results: dict) -> list[str]:
     )
     out.append(
         "Network % = share of engine time inside `network.step` (the engine's own `stats.network_seconds`; for "
-        f"batches of at most {FAST_MAX_BATCH}, which take the fast path, the fused call: network and views). "
+        "on the fused path, the fused call and the network together: the network and the views). "
         f"engine/bare = engine readings/s ÷ bare cell readings/s ({results['bare_cell']})."
     )
     return out

@@ -1,11 +1,12 @@
-"""The engine's two paths side by side: the fused fast path and the batched path, µs per reading by batch size.
+"""The engine's paths side by side, µs per reading by batch size: the fused path with its own network cell
+("fast"), the fused path with torch's batched cell ("hybrid") and the batched path.
 
-Two engines on the same model, each filled with the same fleet (benchmarks/engine.py's stream, every sensor
-past calibration), one forced onto each path (`Engine(path="fast" | "batched")`); their timed chunks
-alternate at every batch size, so the ratio compares the two under the same machine load. Before timing,
-each engine has stepped a single reading, so the fast path's numba compile (or its load from the on-disk
-cache) is never counted. The crossover is the smallest batch at which the batched path is the faster:
-`detector.fastpath.FAST_MAX_BATCH` should sit below it.
+Three engines on the same model, each filled with the same fleet (benchmarks/engine.py's stream, every sensor
+past calibration), one forced onto each path (`Engine(path="fast" | "hybrid" | "batched")`); their timed
+chunks alternate at every batch size, so the ratios compare them under the same machine load. Before timing,
+each engine has stepped a single reading, so numba's compile (or its load from the on-disk cache) is never
+counted. The crossover is the smallest batch at which the hybrid path is faster than the fast one:
+`detector.fastpath.FAST_MAX_BATCH` (where the default switches cells) should sit below it.
 
     .venv/bin/python benchmarks/fastpath.py           # full run (~2 min), writes results/fastpath.{json,md}
     .venv/bin/python benchmarks/fastpath.py --quick   # smoke run, a few seconds, writes to a temp dir
@@ -55,11 +56,11 @@ def run(args: argparse.Namespace) -> dict:
     config = DetectorConfig(capacity=max(args.sensors, 1_000_000))
     stream = bench.Stream(args.sensors, seed=args.seed)
     paths: dict[str, tuple[Engine, bench.Stream]] = {}
-    for path in ("fast", "batched"):
+    for path in ("fast", "hybrid", "batched"):
         engine = Engine.for_model(model, config, 1, path=path)
-        own = copy.copy(stream)  # the same fleet and data for both, each its own position
+        own = copy.copy(stream)  # the same fleet and data for each, each its own position
         started = time.perf_counter()
-        engine.step(*bench.engine_batches(own, 1)(1)[0])  # the fast path compiles (or loads its cache) here
+        engine.step(*bench.engine_batches(own, 1)(1)[0])  # the fused path compiles (or loads its cache) here
         first = time.perf_counter() - started
         bench.fill(_Face(engine), own)
         paths[path] = engine, own
@@ -70,20 +71,24 @@ def run(args: argparse.Namespace) -> dict:
         runners = {p: bench.Runner(bench.engine_batches(s, b), e.step, b, probe=lambda st=e.stats: st.network_seconds,
                                    clock=args.clock) for p, (e, s) in paths.items()}
         bench.measure(list(runners.values()), args.seconds, args.warmup)
-        fast, batched = runners["fast"], runners["batched"]
+        fast, hybrid, batched = runners["fast"], runners["hybrid"], runners["batched"]
         cell = {
             "batch": b,
             "fast": fast.summary(),
+            "hybrid": hybrid.summary(),
             "batched": batched.summary(),
             "fast_us_per_reading": 1e6 / fast.rate,
+            "hybrid_us_per_reading": 1e6 / hybrid.rate,
             "batched_us_per_reading": 1e6 / batched.rate,
             "batched_over_fast": fast.rate / batched.rate,  # how many times faster the fast path is
+            "hybrid_over_fast": fast.rate / hybrid.rate,
+            "batched_over_hybrid": hybrid.rate / batched.rate,  # how many times faster the hybrid path is
             "fast_kernel_share": fast.probed / fast.seconds["wall"],
         }
         cells.append(cell)
-        print(f"  batch {b:>5}: fast {cell['fast_us_per_reading']:8.2f} µs/reading, batched "
-              f"{cell['batched_us_per_reading']:8.2f}, fast path {cell['batched_over_fast']:.2f}× as fast", flush=True)
-    slower = [c["batch"] for c in cells if c["batched_over_fast"] < 1.0]
+        print(f"  batch {b:>5}: fast {cell['fast_us_per_reading']:8.2f} µs/reading, hybrid "
+              f"{cell['hybrid_us_per_reading']:8.2f}, batched {cell['batched_us_per_reading']:8.2f}", flush=True)
+    slower = [c["batch"] for c in cells if c["hybrid_over_fast"] < 1.0]
     return {
         "machine": info,
         "command": ".venv/bin/python benchmarks/fastpath.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
@@ -96,27 +101,29 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-HEADERS = ["batch", "fast path µs/reading", "spread", "batched path µs/reading", "spread", "fast ÷ batched time",
-           "fast path is", "kernel share"]
+HEADERS = ["batch", "fast path µs/reading", "spread", "hybrid path µs/reading", "spread", "batched path µs/reading",
+           "spread", "fast path is", "hybrid path is", "fast path kernel share"]
 
 
 def table_rows(results: dict) -> list[list[str]]:
     return [[
         str(c["batch"]), f"{c['fast_us_per_reading']:.2f}", bench._spread(c["fast"]),
-        f"{c['batched_us_per_reading']:.2f}", bench._spread(c["batched"]), f"{1 / c['batched_over_fast']:.3f}",
-        f"{c['batched_over_fast']:.2f}× as fast", f"{100 * c['fast_kernel_share']:.0f} %",
+        f"{c['hybrid_us_per_reading']:.2f}", bench._spread(c["hybrid"]),
+        f"{c['batched_us_per_reading']:.2f}", bench._spread(c["batched"]),
+        f"{c['batched_over_fast']:.2f}× batched", f"{c['batched_over_hybrid']:.2f}× batched",
+        f"{100 * c['fast_kernel_share']:.0f} %",
     ] for c in results["cells"]]
 
 
 def notes(results: dict) -> list[str]:
     cross = results["crossover_batch"]
-    crossover = f"the batched path is the faster from batch {cross:,} on (of those measured)" if cross else \
-        "the fast path was the faster at every batch measured"
+    crossover = f"the hybrid path is faster than the fast one from batch {cross:,} on (of those measured)" if cross \
+        else "the fast path was the faster at every batch measured"
     return [
-        f"Crossover: {crossover}; the engine takes the fast path for waves of at most {results['fast_max_batch']}"
-        " readings (`detector.fastpath.FAST_MAX_BATCH`).",
-        f"Medians over ~50 ms chunks on the {results['settings']['clock']} clock; the two paths' chunks alternate, so"
-        " both see the same machine load. Spread = half the p10–p90 range of the chunk rates. Kernel share = the"
+        f"Crossover: {crossover}; by default the engine steps the network with the fused path's own cell for waves"
+        f" of at most {results['fast_max_batch']} readings (`detector.fastpath.FAST_MAX_BATCH`), with torch's above.",
+        f"Medians over ~50 ms chunks on the {results['settings']['clock']} clock; the paths' chunks alternate, so"
+        " all see the same machine load. Spread = half the p10–p90 range of the chunk rates. Kernel share = the"
         " fast path's time inside its compiled call (network and views together: `stats.network_seconds`); the rest"
         " is `Engine.step`'s Python around it (checks, id lookup, the result arrays, events).",
     ]
@@ -125,7 +132,7 @@ def notes(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
     m, model = results["machine"], results["model"]
     lines = [
-        "# Fast path and batched path",
+        "# Fast, hybrid and batched paths",
         "",
         f"- Machine: {m['cpu']} ({m['logical_cpus']} logical CPUs, load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}); Python {m['python']}, torch {m['torch']} "

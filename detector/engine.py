@@ -26,7 +26,7 @@ from detector.scoring import calibration, causes, correlation, flatline, levels,
 from detector.scoring import surprise as scoring_surprise
 from detector.alerts import AlertEvent, AlertKind
 from detector.config import DetectorConfig
-from detector.errors import ModelError
+from detector.errors import ConfigError, ModelError
 from detector.model.fitting import HistoryFit
 from detector.model.learning import OnlineLearner
 from detector.model.networks import Network
@@ -56,7 +56,7 @@ class EngineStats:
     gap_resets: int = 0
     alerts_raised: int = 0
     alerts_cleared: int = 0
-    network_seconds: float = 0.0  # in network.step; on the fast path, its whole fused call (network and views)
+    network_seconds: float = 0.0  # in network.step; on the fused path, its whole fused call (network and views)
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,9 @@ class StepResult:
 class Engine:
     """Steps many sensors through one shared network, each with its own state.
 
-    path: "auto" steps waves of at most `fastpath.FAST_MAX_BATCH` readings on the fused fast path where it
-    covers the model and settings, larger ones batched; "fast" or "batched" forces one (the same results).
+    path: "auto" steps every wave on the fused fast path where it covers the model and settings, with its own
+    network cell for waves of at most `fastpath.FAST_MAX_BATCH` readings and torch's batched cell for larger
+    ones; "fast" (its own cell), "hybrid" (torch's cell) or "batched" forces one (the same results).
     """
 
     def __init__(self, network: Network, config: DetectorConfig, channels: int, model_sha256: str = "",
@@ -165,11 +166,11 @@ class Engine:
         self._max_ts = -np.inf
         self._last_idle_sweep = -np.inf
         if path not in fastpath.PATHS:
-            raise ValueError(f"path must be one of {', '.join(fastpath.PATHS)}, not {path!r}")
-        self.fast = None if path == "batched" else fastpath.FastPath(self) if path == "fast" else \
+            raise ConfigError(f"path must be one of {', '.join(fastpath.PATHS)}, not {path!r}")
+        cell_max = {"fast": np.inf, "hybrid": 0}.get(path, fastpath.FAST_MAX_BATCH)
+        self.fast = None if path == "batched" else fastpath.FastPath(self, cell_max) if path != "auto" else \
             fastpath.FastPath.for_engine(self)
-        """The fused path for small waves (`detector.fastpath`; path "fast": every wave), None where not covered."""
-        self._fast_max = np.inf if path == "fast" else fastpath.FAST_MAX_BATCH
+        """The fused path (`detector.fastpath`), None where not covered or `path` is "batched"."""
 
     @classmethod
     def for_model(cls, model: Model, config: DetectorConfig, channels: int, path: str = "auto") -> Engine:
@@ -232,8 +233,8 @@ class Engine:
                 status[positions[slots < 0]] = RejectReason.BAD_SENSOR_ID
                 positions, slots = positions[slots >= 0], slots[slots >= 0]
             for members in waves(slots):
-                fused = self.fast is not None and members.size <= self._fast_max
-                (self.fast.step_wave if fused else self._step_wave)(result, positions[members], slots[members], values)
+                (self._step_wave if self.fast is None else self.fast.step_wave)(
+                    result, positions[members], slots[members], values)
             if positions.size:
                 self._max_ts = max(self._max_ts, float(ts[positions].max()))
         rejected = status != SCORED

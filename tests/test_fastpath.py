@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from detector import DetectorConfig
 from detector.engine import Engine, StepResult
+from detector.errors import ConfigError
 from detector.fastpath import FAST_MAX_BATCH, FastPath, not_covered
+from detector.fastpath.compiled import compiled
 from detector.fastpath.kernel import log_ndtr
 from detector.model.networks import build_network
 from detector.model.store import load_model
@@ -38,9 +40,11 @@ NETWORKS = {
 }
 
 
-def _engines(network: torch.nn.Module, config: DetectorConfig, channels: int) -> tuple[Engine, Engine]:
-    """An engine on each path, each with its own copy of the network (adopting weights writes into it)."""
-    return (Engine(copy.deepcopy(network), config, channels, SHA, path="fast"),
+def _engines(network: torch.nn.Module, config: DetectorConfig, channels: int,
+             fused: str = "fast") -> tuple[Engine, Engine]:
+    """An engine on the fused path (`fused`: with its own cell, "fast", or torch's, "hybrid") and one on the
+    batched path, each with its own copy of the network (adopting weights writes into it)."""
+    return (Engine(copy.deepcopy(network), config, channels, SHA, path=fused),
             Engine(copy.deepcopy(network), config, channels, SHA, path="batched"))
 
 
@@ -123,8 +127,9 @@ def assert_same_state(a: Engine, b: Engine) -> None:
     assert a.stats == b.stats.__class__(**{**b.stats.__dict__, "network_seconds": a.stats.network_seconds})
 
 
-def _compare(network, config: DetectorConfig, channels: int, stream: list, batches_seed: int, largest: int):
-    fast, batched = _engines(network, config, channels)
+def _compare(network, config: DetectorConfig, channels: int, stream: list, batches_seed: int, largest: int,
+             fused: str = "fast"):
+    fast, batched = _engines(network, config, channels, fused)
     scales = _scales(stream)
     for batch in _cuts(stream, batches_seed, largest):
         assert_same_result(_step(fast, batch), _step(batched, batch), np.array([scales[b[0]] for b in batch]))
@@ -136,22 +141,24 @@ def _compare(network, config: DetectorConfig, channels: int, stream: list, batch
 @given(seed=st.integers(0, 2**31), network=st.sampled_from(sorted(NETWORKS)), channels=st.integers(1, 3),
        sensors=st.integers(1, 6), largest=st.sampled_from([1, 3, 16]),
        views=st.sampled_from([("forecast", "level", "stuck"), ("forecast",), ("level", "stuck"), ("stuck",)]),
-       clear_level=st.sampled_from([0.995, 1.0]), hysteresis=st.sampled_from([(2, 3, 3), (1, 1, 1), (3, 32, 5)]))
+       clear_level=st.sampled_from([0.995, 1.0]), hysteresis=st.sampled_from([(2, 3, 3), (1, 1, 1), (3, 32, 5)]),
+       fused=st.sampled_from(["fast", "hybrid"]))
 def test_the_fast_path_equals_the_batched_path_on_random_streams(seed, network, channels, sensors, largest, views,
-                                                                  clear_level, hysteresis):
+                                                                  clear_level, hysteresis, fused):
     raise_k, raise_n, clear_m = hysteresis
     config = CONFIG.model_copy(update={"views": views, "clear_level": clear_level, "raise_k": raise_k,
                                        "raise_n": raise_n, "clear_m": clear_m})
     stream = _stream(seed, sensors, steps=60, channels=channels)
     torch.manual_seed(seed % 1000)
-    fast, _ = _compare(NETWORKS[network](), config, channels, stream, seed + 1, largest)
+    fast, _ = _compare(NETWORKS[network](), config, channels, stream, seed + 1, largest, fused)
     assert fast.stats.scored > 0
 
 
-def test_a_long_stream_raises_and_clears_alike_on_both_paths():
+@pytest.mark.parametrize("fused", ["fast", "hybrid"])
+def test_a_long_stream_raises_and_clears_alike_on_both_paths(fused):
     """The default model on a long stream: alerts raised and cleared (both kinds of event compared)."""
     stream = _stream(3, sensors=4, steps=400, channels=2)
-    fast, batched = _compare(NETWORKS["gru-default"](), CONFIG, 2, stream, 4, 8)
+    fast, batched = _compare(NETWORKS["gru-default"](), CONFIG, 2, stream, 4, 8, fused)
     assert fast.stats.alerts_raised > 0 and fast.stats.alerts_cleared > 0
     assert fast.stats.gap_resets > 0 and sum(fast.stats.rejected.values()) > 0
 
@@ -179,10 +186,11 @@ def test_the_fast_path_takes_new_weights_after_adopt():
     assert_same_state(fast, batched)
 
 
-def test_online_learning_updates_reach_the_fast_path():
+@pytest.mark.parametrize("fused", ["fast", "hybrid"])
+def test_online_learning_updates_reach_the_fast_path(fused):
     config = CONFIG.model_copy(update={"learning": "online", "learning_every": 8, "learning_rate": 3e-3})
     stream = _stream(8, sensors=3, steps=300, channels=1)
-    fast, batched = _compare(NETWORKS["gru-2x8"](), config, 1, stream, 9, 4)
+    fast, batched = _compare(NETWORKS["gru-2x8"](), config, 1, stream, 9, 4, fused)
     assert fast.weights_version > 1  # several updates happened, each copied into the network in place
 
 
@@ -196,12 +204,12 @@ def test_what_the_fast_path_does_not_cover_runs_batched(overrides, reason):
     config = CONFIG.model_copy(update=overrides)
     engine = Engine(NETWORKS["gru-2x8"](), config, 2, SHA)
     assert engine.fast is None and reason in not_covered(engine)
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(ConfigError, match=reason):
         Engine(NETWORKS["gru-2x8"](), config, 2, SHA, path="fast")
 
 
-def test_a_path_is_one_of_three():
-    with pytest.raises(ValueError, match="auto, fast, batched"):
+def test_a_path_is_one_of_four():
+    with pytest.raises(ConfigError, match="auto, fast, hybrid, batched"):
         Engine(NETWORKS["gru-2x8"](), CONFIG, 1, SHA, path="quick")
 
 
@@ -211,15 +219,17 @@ def test_windowed_models_run_batched(name):
     assert engine.fast is None and "no fast cell" in not_covered(engine)
 
 
-def test_the_default_takes_the_fast_path_for_small_waves_only():
+def test_the_default_steps_the_network_in_the_kernel_for_small_waves_only():
     engine = Engine(NETWORKS["gru-2x8"](), CONFIG, 1, SHA)
     assert isinstance(engine.fast, FastPath)
-    calls = []
-    step_wave = engine.fast.step_wave
-    engine.fast.step_wave = lambda *args: (calls.append(args[1].size), step_wave(*args))
+    waves, torch_steps = [], []
+    step_wave, network_step = engine.fast.step_wave, engine.network.step
+    engine.fast.step_wave = lambda *args: (waves.append(args[1].size), step_wave(*args))
+    engine.network.step = lambda x, h: (torch_steps.append(len(x)), network_step(x, h))[1]
     for n in (1, FAST_MAX_BATCH, FAST_MAX_BATCH + 1):
         engine.step([f"s{i}" for i in range(n)], np.full(n, 1.7e9 + n), np.ones((n, 1)))
-    assert calls == [1, FAST_MAX_BATCH]
+    assert waves == [1, FAST_MAX_BATCH, FAST_MAX_BATCH + 1]  # every wave fused
+    assert torch_steps == [FAST_MAX_BATCH + 1]  # only the large one on torch's cell
     assert engine.stats.scored == 1 + FAST_MAX_BATCH + FAST_MAX_BATCH + 1
 
 
@@ -228,3 +238,10 @@ def test_log_ndtr_matches_torch_into_the_far_tail():
     ours = np.array([log_ndtr(v) for v in x])
     theirs = torch.special.log_ndtr(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-15)
+
+
+def test_a_function_numba_cannot_cache_still_compiles():
+    """Source with no file to cache beside (as a read-only install with no usable home): compiled uncached."""
+    namespace = {"compiled": compiled}
+    exec("@compiled()\ndef twice(x):\n    return 2 * x\n", namespace)
+    assert namespace["twice"](21) == 42

@@ -1,10 +1,12 @@
-"""The fast path for small batches: the same step as the batched path, fused per reading in numba.
+"""The fused path: the same step as the batched path, fused per reading in numba.
 
-`Engine.step` costs a fixed ~150 small numpy and torch calls per wave, whatever its size: ~700 µs at batch
-1. `FastPath.step_wave` does the same wave in one compiled call (`kernel.step_wave`, with the network cell
-of `cells.lane_step`), so the engine has one meaning and two speeds. The engine takes it for waves of at most
-`FAST_MAX_BATCH` readings (the measured crossover, docs/performance.md) unless told which path to take
-(`Engine(path=...)`).
+`Engine.step` on the batched path costs a fixed ~150 small numpy and torch calls per wave, whatever its size:
+~700 µs at batch 1, and at large batches the views' temporaries, gathers and scatters cost more than the
+network. `FastPath.step_wave` does the same wave in one compiled call (`kernel.step_wave`), so the engine has
+one meaning and two speeds. The network steps inside that call (the cells of `cells.lane_step`) for waves of
+at most `FAST_MAX_BATCH` readings; larger waves step it with torch's batched cell after the call, and
+`kernel.put_network` writes the results back (the measured crossovers, docs/performance.md). `Engine(path=...)`
+forces one path.
 
 Covered: forecasters `gru`, `lstm` and `rnn` (every activation), any number of layers and channels, with the
 views forecast, level and stuck, float32 network state, online learning and `fit_first`. Not covered (the
@@ -19,8 +21,10 @@ import time
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from detector.alerts import AlertEvent, AlertKind
+from detector.errors import ConfigError
 from detector.fastpath import kernel
 from detector.fastpath.cells import NetWeights, kind_of
 from detector.scoring import thresholds
@@ -32,8 +36,9 @@ if TYPE_CHECKING:
 FAST_MAX_BATCH = 256
 """Waves of at most this many readings take the fast path by default (`Engine(path="auto")`)."""
 
-PATHS = ("auto", "fast", "batched")
-"""`Engine(path=...)`: by wave size, always the fast path, always the batched path."""
+PATHS = ("auto", "fast", "hybrid", "batched")
+"""`Engine(path=...)`: the fused path where covered (its own cell for waves of at most `FAST_MAX_BATCH`,
+torch's above), the fused path with its own cell or with torch's for every wave, or the batched path."""
 
 
 def not_covered(engine: Engine) -> str | None:
@@ -55,11 +60,14 @@ def not_covered(engine: Engine) -> str | None:
 class FastPath:
     """Steps an engine's waves with the fused kernel, on the engine's own pool, settings and network."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cell_max: float = FAST_MAX_BATCH) -> None:
         reason = not_covered(engine)
         if reason is not None:
-            raise ValueError(f"the fast path does not cover {reason}")
+            raise ConfigError(f"the fast path does not cover {reason}; use path \"auto\" or \"batched\"")
         self.engine = engine
+        self.cell_max = cell_max
+        """Waves of at most this many readings step the network in the fused call (its own cell); larger ones
+        with torch's batched cell."""
         cfg, views = engine.config, engine.views
         par = np.zeros(kernel.PARAMETERS)
         par[kernel.P_MAX_GAP], par[kernel.P_NORM_WINDOW] = cfg.max_gap, cfg.norm_window
@@ -101,23 +109,35 @@ class FastPath:
         return self._weights
 
     def step_wave(self, result: StepResult, positions: np.ndarray, slots: np.ndarray, values: np.ndarray) -> None:
-        """`Engine._step_wave` for one wave (each sensor at most once), fused."""
+        """`Engine._step_wave` for one wave (each sensor at most once), fused.
+
+        The network steps in the fused call (its scalar cell: the fastest for small waves) for waves of at most
+        `cell_max` readings, else with torch's batched cell between the fused call and `kernel.put_network`."""
         engine, pool, stats = self.engine, self.engine.pool, self.engine.stats
+        cell = slots.size <= self.cell_max
         weights = self.weights
-        f16 = pool.block("f16")
+        f16, b32 = pool.block("f16"), pool.block("f32")
         run_max = f16[slots].astype(np.float32)
         n, channels = slots.size, engine.channels
         ev = np.empty((n, kernel.EVENT_FIELDS))
         features = np.empty((n, channels, 2), dtype=np.float32)
         learn = np.zeros((n, 3), dtype=bool)
         counts = np.zeros(3, dtype=np.int64)
+        lanes = np.empty((0 if cell else n, self._cols[kernel.HIDDEN_END] - self._cols[kernel.HIDDEN]), np.float32)
         started = time.perf_counter()
         events = kernel.step_wave(
-            slots, positions, result.ts, values, pool.block("f32"), pool.block("f64"), pool.block("i32"),
+            slots, positions, result.ts, values, b32, pool.block("f64"), pool.block("i32"),
             pool.block("i8"), run_max, self._cols, self._par, weights.packed, weights.shape, weights.slope,
             result.status, result.expected, result.residual, result.score, result.surprise, result.anomalous,
-            result.alerting, result.target_ts, result.seen, ev, features, learn, counts,
+            result.alerting, result.target_ts, result.seen, ev, features, learn, counts, cell, lanes,
         )
+        if not cell:
+            kept = learn[:, kernel.L_TAKEN]
+            stepped, inputs = (slots, features) if kept.all() else (slots[kept], features[kept])
+            if stepped.size:
+                estimate, logvar, state = engine.network.step(torch.from_numpy(inputs), torch.from_numpy(
+                    lanes if stepped.size == n else lanes[kept]))
+                kernel.put_network(stepped, b32, self._cols, state.numpy(), estimate.numpy(), logvar.numpy())
         stats.network_seconds += time.perf_counter() - started  # the whole fused step: network and views
         f16[slots] = run_max
         stats.gap_resets += int(counts[0])

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import torch
 
+from detector.fastpath.compiled import compiled
 from detector.model.networks import FEATURES, LOGVAR_MAX, LOGVAR_MIN, GRUForecaster, LSTMForecaster, Network, \
     RNNForecaster
 
@@ -83,12 +83,12 @@ class NetWeights:
         return cls(packed, shape, float(getattr(network, "negative_slope", 0.01)))
 
 
-@numba.njit(cache=True, inline="always")
+@compiled(inline="always")
 def _sigmoid(v: float) -> np.float32:
     return np.float32(1.0 / (1.0 + math.exp(-v)))
 
 
-@numba.njit(cache=True)
+@compiled()
 def lane_step(packed: np.ndarray, shape: np.ndarray, slope: float, x0: np.float32, x1: np.float32,
               state: np.ndarray, work: np.ndarray) -> tuple[np.float32, np.float32]:
     """One reading of one lane: inputs (x0, x1), `state` [layers·parts·H] updated in place; returns the

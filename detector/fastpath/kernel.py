@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
+from detector.fastpath.compiled import compiled
 from detector.fastpath.cells import lane_step
 from detector.readings.reasons import RejectReason
 from detector.scoring import calibration, flatline, levels, normalise, surprise
@@ -64,7 +64,7 @@ _SPREAD_FLOOR = levels.SPREAD_FLOOR
 f32 = np.float32
 
 
-@numba.njit(cache=True)
+@compiled()
 def log_ndtr(x: float) -> float:
     """log Φ(x), as torch.special.log_ndtr computes it (to float64 rounding)."""
     if x > -1.0:
@@ -77,23 +77,27 @@ def log_ndtr(x: float) -> float:
     return -0.5 * x * x - math.log(-x) - _HALF_LOG_2PI + math.log(series)
 
 
-@numba.njit(cache=True, inline="always")
+@compiled(inline="always")
 def _largest(score: float, view: float) -> float:
     return math.nan if math.isnan(score) or math.isnan(view) else max(score, view)  # np.maximum
 
 
-@numba.njit(cache=True)
+@compiled()
 def step_wave(slots: np.ndarray, positions: np.ndarray, ts_all: np.ndarray, values: np.ndarray,
               b32: np.ndarray, b64: np.ndarray, bi32: np.ndarray, bi8: np.ndarray, run_max: np.ndarray,
               cols: np.ndarray, par: np.ndarray, packed: np.ndarray, shape: np.ndarray, slope: float,
               status: np.ndarray, expected_out: np.ndarray, residual: np.ndarray, score_out: np.ndarray,
               surprise_out: np.ndarray, anomalous_out: np.ndarray, alerting: np.ndarray, target_ts: np.ndarray,
               seen_out: np.ndarray, ev: np.ndarray, features: np.ndarray, learn: np.ndarray,
-              counts: np.ndarray) -> bool:
+              counts: np.ndarray, cell: bool, lanes: np.ndarray) -> bool:
     """Step one wave (each sensor at most once): row i is the reading at batch row `positions[i]`, its sensor at
     pool slot `slots[i]`; `run_max` [n, C] is those slots' run_max as float32. Writes the StepResult arrays at
     the positions, `ev` and `features`/`learn` per row, and adds (gap resets, scored, anomalous) to `counts`.
-    Returns whether any row has an alert event."""
+    Returns whether any row has an alert event.
+
+    `cell`: step the network here, lane by lane; else leave it to the caller (torch's batched cell, faster for
+    large waves): the kept rows' network state goes to `lanes` [n, state] and `put_network` writes the step's
+    results back."""
     n, channels = slots.size, values.shape[1]
     state_per_lane = (cols[HIDDEN_END] - cols[HIDDEN]) // channels
     work = np.empty(max(shape[2], 2) + 8 * shape[2], dtype=np.float32)
@@ -327,9 +331,13 @@ def step_wave(slots: np.ndarray, positions: np.ndarray, ts_all: np.ndarray, valu
             features[i, c, 0] = z
             features[i, c, 1] = t_feature
             lane = b32[s, cols[HIDDEN] + c * state_per_lane:cols[HIDDEN] + (c + 1) * state_per_lane]
-            estimate, logvar = lane_step(packed, shape, slope, z, t_feature, lane, work)
-            b32[s, cols[FORECAST] + c] = estimate
-            b32[s, cols[FORECAST_LOGVAR] + c] = logvar
+            if cell:
+                estimate, logvar = lane_step(packed, shape, slope, z, t_feature, lane, work)
+                b32[s, cols[FORECAST] + c] = estimate
+                b32[s, cols[FORECAST_LOGVAR] + c] = logvar
+            else:
+                for k in range(state_per_lane):  # element by element: a slice copy costs more than these few floats
+                    lanes[i, c * state_per_lane + k] = lane[k]
         bi32[s, cols[COUNT]] = count + 1
         bi32[s, cols[SINCE_RESET]] += 1
         b64[s, cols[LAST_TS]] = ts
@@ -338,3 +346,19 @@ def step_wave(slots: np.ndarray, positions: np.ndarray, ts_all: np.ndarray, valu
         learn[i, L_KEEP] = not anomalous[i] and not active
         counts[1] += 1
     return events
+
+
+@compiled()
+def put_network(slots: np.ndarray, b32: np.ndarray, cols: np.ndarray, state: np.ndarray, estimate: np.ndarray,
+                logvar: np.ndarray) -> None:
+    """Write a network step's results back to the pool: row i's new `state`, `estimate` and `logvar` (the
+    forecast and its log-variance per channel) to slot `slots[i]` (the kept rows of `step_wave(cell=False)`)."""
+    channels, width = estimate.shape[1], state.shape[1]
+    hidden, forecast, forecast_logvar = cols[HIDDEN], cols[FORECAST], cols[FORECAST_LOGVAR]
+    for i in range(slots.size):  # element by element: slice assignments cost more than these few floats
+        s = slots[i]
+        for k in range(width):
+            b32[s, hidden + k] = state[i, k]
+        for c in range(channels):
+            b32[s, forecast + c] = estimate[i, c]
+            b32[s, forecast_logvar + c] = logvar[i, c]

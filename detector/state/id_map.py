@@ -24,7 +24,7 @@ _TOMBSTONE = 1
 
 def hash_ids(sensor_ids: Sequence[str]) -> np.ndarray:
     """64-bit keys of ids; never the two values reserved for empty and deleted entries."""
-    keys = np.array(list(map(hash, sensor_ids)), dtype=np.int64)
+    keys = np.fromiter(map(hash, sensor_ids), dtype=np.int64, count=len(sensor_ids))
     reserved = (keys & ~1) == 0  # _EMPTY or _TOMBSTONE
     if reserved.any():
         keys[reserved] += 2
