@@ -552,8 +552,8 @@ def notes(results: dict) -> list[str]:
         "was shared)."
     )
     out.append(
-        "Network % = share of engine time inside `network.step` (the engine's own `stats.network_seconds`; for "
-        "on the fused path, the fused call and the network together: the network and the views). "
+        "Network % = share of engine time inside `network.step` (the engine's own `stats.network_seconds`; on "
+        "the fused path, the fused call and the network step together: the network and the views). "
         f"engine/bare = engine readings/s ÷ bare cell readings/s ({results['bare_cell']})."
     )
     return out

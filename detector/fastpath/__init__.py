@@ -33,7 +33,7 @@ from detector.scoring.causes import Cause
 if TYPE_CHECKING:
     from detector.engine import Engine, StepResult
 
-FAST_MAX_BATCH = 256
+FAST_MAX_BATCH = 64
 """Waves of at most this many readings take the fast path by default (`Engine(path="auto")`)."""
 
 PATHS = ("auto", "fast", "hybrid", "batched")
