@@ -133,11 +133,11 @@ class FastPath:
         )
         if not cell:
             kept = learn[:, kernel.L_TAKEN]
-            stepped, inputs = (slots, features) if kept.all() else (slots[kept], features[kept])
-            if stepped.size:
-                estimate, logvar, state = engine.network.step(torch.from_numpy(inputs), torch.from_numpy(
-                    lanes if stepped.size == n else lanes[kept]))
-                kernel.put_network(stepped, b32, self._cols, state.numpy(), estimate.numpy(), logvar.numpy())
+            rows = slice(None) if kept.all() else kept  # a view, no copies, in the usual case
+            if kept.any():
+                estimate, logvar, state = engine.network.step(torch.from_numpy(features[rows]),
+                                                              torch.from_numpy(lanes[rows]))
+                kernel.put_network(slots[rows], b32, self._cols, state.numpy(), estimate.numpy(), logvar.numpy())
         stats.network_seconds += time.perf_counter() - started  # the whole fused step: network and views
         f16[slots] = run_max
         stats.gap_resets += int(counts[0])
